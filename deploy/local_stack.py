@@ -1,0 +1,88 @@
+"""The local stack on one machine: tansu broker -> topics -> tritonserver -> Faust worker(s).
+
+Used by ``homework-monitor demo``, the integration tests and the benchmarks, so all three run the
+same real services. Each service logs to its own file under ``<run_dir>/logs``.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from stream.config import REPO_ROOT, Settings
+
+from .broker import create_topics, tansu_command, wait_for_port
+from .services import ServiceStack, free_port
+from .triton_runtime import prepare_triton_dist, tritonserver_command, wait_until_ready
+
+MODEL_REPOSITORY = REPO_ROOT / "triton_models"
+
+
+@dataclass(frozen=True)
+class Ports:
+    kafka: int = 9092
+    triton_http: int = 8000
+    triton_grpc: int = 8001
+    triton_metrics: int = 8002
+    worker_metrics: int = 9100
+
+    @classmethod
+    def free(cls) -> "Ports":
+        return cls(*(free_port() for _ in range(5)))
+
+
+def all_topics(settings: Settings) -> dict[str, int]:
+    """Our topics plus Faust's table changelog, pre-created with matching partition counts."""
+    topics = settings.topic_partition_counts()
+    topics[f"{settings.app_id}-sessions-changelog"] = settings.topic_partitions
+    return topics
+
+
+def wait_for_log(path: Path, text: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if path.exists() and text in path.read_text(errors="replace"):
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"{text!r} not seen in {path} after {timeout_s:.0f}s")
+
+
+def worker_env(settings: Settings, worker_id: str, metrics_port: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"HWM_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "HWM_TRITON_URL": settings.triton_url,
+                "HWM_APP_ID": settings.app_id, "HWM_WORKER_ID": worker_id,
+                "HWM_METRICS_PORT": str(metrics_port), "HWM_RUN_DIR": str(settings.run_dir),
+                "HWM_EVENT_THRESHOLD": str(settings.event_threshold),
+                "HWM_SILENCE_FLUSH_S": str(settings.silence_flush_s),
+                "HWM_TOPIC_PARTITIONS": str(settings.topic_partitions), "PYTHONUNBUFFERED": "1"})
+    return env
+
+
+def start_broker(stack: ServiceStack, settings: Settings, ports: Ports, log_dir: Path) -> Settings:
+    stack.add("tansu", tansu_command("127.0.0.1", ports.kafka), None, log_dir / "tansu.log",
+              lambda: wait_for_port("127.0.0.1", ports.kafka, 20))
+    settings = settings.model_copy(update={"kafka_bootstrap": f"127.0.0.1:{ports.kafka}"})
+    create_topics(settings.kafka_bootstrap, all_topics(settings))
+    return settings
+
+
+def start_triton(stack: ServiceStack, settings: Settings, ports: Ports, log_dir: Path) -> Settings:
+    dist = prepare_triton_dist(REPO_ROOT)
+    cmd = tritonserver_command(dist, MODEL_REPOSITORY, ports.triton_http, ports.triton_grpc, ports.triton_metrics)
+    log = log_dir / "tritonserver.log"
+    stack.add("tritonserver", cmd, dist.env, log,
+              lambda: wait_until_ready(ports.triton_http, 120, log_path=log), cwd=REPO_ROOT)
+    return settings.model_copy(update={"triton_url": f"127.0.0.1:{ports.triton_grpc}"})
+
+
+def start_worker(stack: ServiceStack, settings: Settings, log_dir: Path, worker_id: str = "worker-1",
+                 metrics_port: int | None = None) -> int:
+    port = metrics_port or free_port()
+    log = log_dir / f"{worker_id}.log"
+    stack.add(worker_id, [sys.executable, "-m", "stream.cli", "worker"], worker_env(settings, worker_id, port),
+              log, lambda: wait_for_log(log, "classifier ready", 90), cwd=REPO_ROOT)
+    # The group join completes about half a session timeout after start (tansu): wait for assignment.
+    wait_for_log(log, "partitions assigned", 60)
+    return port

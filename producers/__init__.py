@@ -1,0 +1,1 @@
+"""Transcript replay and load generation into the ``utterances`` topic."""

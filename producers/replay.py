@@ -1,0 +1,115 @@
+"""Replay sessions (shared corpus JSONL schema) into Kafka as live utterances.
+
+Pace: real time from ``start_s`` where present; otherwise synthetic (150 words/min plus a 1 s gap per
+turn, as ../shared/data/README.md suggests); both divided by ``speed``. N sessions run at once with
+staggered starts. Each session: ``session_start``, its utterances (seq = index), ``session_end``.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from stream.schemas import SessionEnd, SessionStart, Utterance
+
+WORDS_PER_S = 150 / 60
+TURN_GAP_S = 1.0
+
+
+def read_sessions(paths: Iterable[Path]) -> list[dict]:
+    out = []
+    for p in paths:
+        p = Path(p)
+        files = sorted(p.glob("*.jsonl")) if p.is_dir() else [p]
+        for f in files:
+            with open(f, encoding="utf-8") as fh:
+                out += [json.loads(line) for line in fh if line.strip()]
+    return out
+
+
+def demo_sessions_dir() -> Path:
+    return Path(__file__).resolve().parent / "demo_sessions"
+
+
+def utterance_offsets(utterances: Sequence[dict]) -> list[float]:
+    """Seconds from session start for each utterance: real ``start_s`` or a synthetic pace."""
+    if utterances and all(u.get("start_s") is not None for u in utterances):
+        t0 = utterances[0]["start_s"]
+        return [max(0.0, u["start_s"] - t0) for u in utterances]
+    offsets, t = [], 0.0
+    for u in utterances:
+        offsets.append(t)
+        t += len(u["text"].split()) / WORDS_PER_S + TURN_GAP_S
+    return offsets
+
+
+@dataclass(frozen=True)
+class Scheduled:
+    at: float  # seconds after replay start
+    key: str
+    value: bytes
+    kind: str  # session_start | utterance | session_end
+    seq: int | None = None
+
+
+def session_messages(session: dict, start_at: float, speed: float,
+                     session_id: str | None = None) -> list[Scheduled]:
+    sid = session_id or session["session_id"]
+    meta = session.get("meta") or {}
+    m = {k: meta.get(k) for k in ("therapist_id", "client_id", "program_id", "scheduled_minutes")}
+    utts = [u for u in session["utterances"] if u.get("speaker") in ("therapist", "client")]
+    offs = utterance_offsets(utts)
+    out = [Scheduled(start_at, sid, SessionStart(session_id=sid, **m).model_dump_json().encode(), "session_start")]
+    for i, (u, off) in enumerate(zip(utts, offs)):
+        msg = Utterance(session_id=sid, seq=i, speaker=u["speaker"], text=u["text"], start_s=u.get("start_s"),
+                        **m)
+        out.append(Scheduled(start_at + off / speed, sid, msg.model_dump_json().encode(), "utterance", i))
+    end_at = start_at + (offs[-1] if offs else 0.0) / speed + 0.001
+    out.append(Scheduled(end_at, sid, SessionEnd(session_id=sid, n_utterances=len(utts)).model_dump_json().encode(),
+                         "session_end"))
+    return out
+
+
+def schedule(sessions: Sequence[dict], speed: float, stagger_s: float, copies: int = 1) -> list[Scheduled]:
+    """All messages of all sessions, ordered by send time; ``copies`` > 1 clones sessions (load tests)."""
+    msgs = []
+    n = 0
+    for c in range(copies):
+        for s in sessions:
+            sid = s["session_id"] if copies == 1 else f"{s['session_id']}#{c}"
+            msgs += session_messages(s, n * stagger_s, speed, sid)
+            n += 1
+    return sorted(msgs, key=lambda m: m.at)
+
+
+def make_producer(settings):
+    from kafka import KafkaProducer
+    return KafkaProducer(acks="all", linger_ms=2, **settings.kafka_client_kwargs())
+
+
+def replay(msgs: Sequence[Scheduled], producer, topic: str, progress: bool = True,
+           on_sent: Callable[[Scheduled, float], None] | None = None) -> dict:
+    """Send each message at its time (keyed by session_id). Returns counts."""
+    from tqdm import tqdm
+    t0 = time.monotonic()
+    counts = {"session_start": 0, "utterance": 0, "session_end": 0}
+    with tqdm(total=len(msgs), disable=not progress, desc="replay", unit="msg") as bar:
+        for m in msgs:
+            delay = m.at - (time.monotonic() - t0)
+            if delay > 0:
+                time.sleep(delay)
+            producer.send(topic, key=m.key.encode(), value=m.value)
+            if on_sent:
+                on_sent(m, time.time())
+            counts[m.kind] += 1
+            bar.update(1)
+    producer.flush()
+    return counts
+
+
+async def replay_async(msgs: Sequence[Scheduled], producer, topic: str) -> None:
+    """The same schedule from inside an event loop (benchmarks): the blocking sends go to a thread."""
+    await asyncio.to_thread(replay, msgs, producer, topic, False)

@@ -1,0 +1,1 @@
+"""Live homework monitor: schemas, pure windowing/aggregation core, Faust worker and CLI."""

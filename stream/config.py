@@ -1,0 +1,90 @@
+"""The one typed configuration shared by the worker, the producers and the CLI.
+
+Every field can be set from the environment with the ``HWM_`` prefix (``HWM_KAFKA_BOOTSTRAP``,
+``HWM_TRITON_URL``...) or a ``.env`` file. Secrets are ``SecretStr`` so they never print.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_ARTIFACT = REPO_ROOT / "triton_models" / "homework_classifier" / "1" / "artifact"
+
+
+def default_data_dir() -> Path:
+    """Shared corpora and labels live outside the repo (licences forbid copying them in)."""
+    return Path(os.environ.get("HWM_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
+
+
+class TopicNames(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HWM_TOPIC_", extra="ignore")
+
+    utterances: str = "utterances"
+    homework_events: str = "homework-events"
+    session_summaries: str = "session-summaries"
+    dead_letter: str = "dead-letter"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HWM_", env_file=".env", extra="ignore",
+                                      env_nested_delimiter="__")
+
+    # Kafka: a plain address, so production Apache Kafka and the local tansu broker are the same code.
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    topics: TopicNames = Field(default_factory=TopicNames)
+    topic_partitions: int = Field(4, ge=1)
+    app_id: str = "homework-monitor"
+    worker_id: str = "worker-1"
+    broker_session_timeout_s: float = 10.0  # tansu completes group joins only after half of it
+
+    # Classifier service.
+    triton_url: str = "127.0.0.1:8001"
+    triton_model: str = "homework_classifier"
+    # CPU Triton needs ~1 s for a 32-microdialogue batch; a timeout retries the same slice.
+    triton_timeout_s: float = Field(10.0, gt=0)
+    triton_retries: int = Field(3, ge=0)  # for rejected requests; timeouts retry until served
+    triton_backoff_s: float = Field(0.05, gt=0)
+    triton_backoff_max_s: float = Field(5.0, gt=0)
+    triton_max_batch: int = Field(16, ge=1)  # checked against the server's max_batch_size at start
+    triton_max_inflight: int = Field(4, ge=1)
+
+    # Stream processing.
+    batch_size: int = Field(64, ge=1)
+    batch_within_s: float = Field(0.01, gt=0)
+    silence_flush_s: float = Field(8.0, gt=0)
+    silence_check_interval_s: float = Field(1.0, gt=0)
+    max_text_chars: int = Field(4000, ge=1)
+    context_turns: int = Field(3, ge=0)
+    # Chosen on out-of-fold sessions_dev predictions (training/RESULTS.md, session sweep).
+    event_threshold: float = Field(0.6, ge=0, le=1)
+
+    metrics_port: int = 9100
+    log_level: str = "INFO"
+    artifact_dir: Path = DEFAULT_ARTIFACT
+    data_dir: Path = Field(default_factory=default_data_dir)
+    run_dir: Path = REPO_ROOT / "var"
+
+    def kafka_client_kwargs(self) -> dict:
+        """Connection options in kafka-python's spelling (producers, admin, test consumers)."""
+        kwargs: dict = {"bootstrap_servers": self.kafka_bootstrap.split(","),
+                        "security_protocol": self.kafka_security_protocol}
+        if self.kafka_security_protocol.startswith("SASL"):
+            kwargs.update(sasl_mechanism=self.kafka_sasl_mechanism,
+                          sasl_plain_username=self.kafka_sasl_username,
+                          sasl_plain_password=(self.kafka_sasl_password.get_secret_value()
+                                               if self.kafka_sasl_password else None))
+        return kwargs
+
+    def topic_partition_counts(self) -> dict[str, int]:
+        t = self.topics
+        return {t.utterances: self.topic_partitions, t.homework_events: self.topic_partitions,
+                t.session_summaries: self.topic_partitions, t.dead_letter: 1}

@@ -1,0 +1,21 @@
+"""Prometheus metrics of the worker. Labels are closed vocabularies: never session ids or text."""
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+UTTERANCES = Counter("hwm_utterances_total", "Inbound messages by outcome",
+                     ["result"])  # ok | duplicate | late | control | dead_letter
+DEAD_LETTERS = Counter("hwm_dead_letter_total", "Messages sent to the dead-letter topic", ["reason"])
+MICRODIALOGUES = Counter("hwm_microdialogues_total", "Microdialogues classified")
+EVENTS = Counter("hwm_homework_events_total", "Homework events emitted", ["category"])
+SUMMARIES = Counter("hwm_session_summaries_total", "Session summaries emitted", ["homework_assigned"])
+CLASSIFIER_SECONDS = Histogram("hwm_classifier_request_seconds", "One classifier call (a micro-batch)",
+                               buckets=(.005, .01, .025, .05, .1, .15, .2, .25, .3, .4, .5, 1, 2, 5))
+CLASSIFIER_BATCH = Histogram("hwm_classifier_batch_size", "Microdialogues per classifier call",
+                             buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+CLASSIFIER_ERRORS = Counter("hwm_classifier_errors_total", "Failed classifier attempts", ["kind"])
+CLASSIFIER_INFLIGHT = Gauge("hwm_classifier_inflight", "Classifier calls in flight")
+LATENCY = Histogram("hwm_utterance_to_event_seconds",
+                    "From the utterance that completed a microdialogue to its event being emitted",
+                    buckets=(.01, .025, .05, .075, .1, .15, .2, .25, .3, .4, .5, .75, 1, 2, 5))
+ACTIVE_SESSIONS = Gauge("hwm_active_sessions", "Sessions open on this worker")

@@ -1,0 +1,52 @@
+"""Offline path: the same windowing and aggregation as the worker, over whole sessions.
+
+Offline equals online: ``summarize_sessions`` runs ``window_session`` (the worker's state machine),
+``decide``, ``homework_event``/``record_assignment`` and ``session_summary``.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from .aggregation import decide, homework_event, record_assignment, session_summary
+from .schemas import CLASSES, SessionSummary, Utterance
+from .windowing import Microdialogue, WindowConfig, window_session
+
+ProbsFn = Callable[[Sequence[Microdialogue]], np.ndarray]
+
+
+def session_utterances(session: dict) -> list[Utterance]:
+    """Corpus-schema session -> Utterances (seq = index in the session's utterance list)."""
+    meta = session.get("meta") or {}
+    keep = {k: meta.get(k) for k in ("therapist_id", "client_id", "program_id", "scheduled_minutes")}
+    return [Utterance(session_id=session["session_id"], seq=i, speaker=u["speaker"],
+                      text=u["text"] if u["text"].strip() else "…", start_s=u.get("start_s"),
+                      end_s=u.get("end_s"), **keep)
+            for i, u in enumerate(session["utterances"]) if u["speaker"] in ("therapist", "client")]
+
+
+def windowed_sessions(sessions: Iterable[dict], cfg: WindowConfig):
+    for s in sessions:
+        state, mds = window_session(session_utterances(s), cfg, s["session_id"])
+        yield state, mds
+
+
+def summarize_windowed(state, mds: Sequence[Microdialogue], probs: np.ndarray, threshold: float,
+                       model_version: str, now: float | None = None) -> SessionSummary:
+    now = time.time() if now is None else now
+    for md, p in zip(mds, probs):
+        scores = dict(zip(CLASSES, map(float, p)))
+        d = decide(scores, threshold)
+        if d.is_homework:
+            state = record_assignment(state, homework_event(state, md, scores, d, model_version, now))
+    return session_summary(state, model_version, now)
+
+
+def summarize_sessions(sessions: Iterable[dict], probs_fn: ProbsFn, threshold: float,
+                       model_version: str, cfg: WindowConfig = WindowConfig()) -> list[SessionSummary]:
+    out = []
+    for state, mds in windowed_sessions(sessions, cfg):
+        out.append(summarize_windowed(state, mds, probs_fn(mds), threshold, model_version))
+    return out

@@ -1,0 +1,106 @@
+"""One micro-batch of inbound records -> state updates + events + summaries + dead letters.
+
+No Kafka or Faust here: the worker's agent hands in records and a state lookup, then sends what
+comes back, so the same code runs under ``agent.test_context()`` and in unit tests. Order matters
+and is kept: messages apply in arrival order per session; every microdialogue of the batch is
+classified in one call; summaries come after their session's last microdialogues are decided.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
+
+from .aggregation import decide, homework_event, record_assignment, session_summary
+from .classifier import Classifier
+from .config import Settings
+from .schemas import CLASSES, DeadLetter, HomeworkEvent, SessionSummary
+from .validation import Err, parse_inbound
+from .windowing import Microdialogue, SessionState, WindowConfig, apply_message
+
+
+@dataclass(frozen=True)
+class InboundRecord:
+    value: bytes | str | dict
+    key: str | None = None
+    partition: int | None = None
+    offset: int | None = None
+
+
+@dataclass
+class BatchResult:
+    states: dict[str, SessionState] = field(default_factory=dict)  # changed sessions only
+    events: list[HomeworkEvent] = field(default_factory=list)
+    summaries: list[SessionSummary] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    outcomes: Counter = field(default_factory=Counter)
+    latencies: list[float] = field(default_factory=list)
+    last_record_of: dict[str, int] = field(default_factory=dict)  # session -> index in the batch
+    n_microdialogues: int = 0
+
+
+def retire(state: SessionState) -> SessionState:
+    """After the summary, keep only what idempotence needs (seq, ended), not the transcript."""
+    return SessionState(session_id=state.session_id, therapist_id=state.therapist_id,
+                        last_seq=state.last_seq, n_utterances=state.n_utterances,
+                        n_microdialogues=state.n_microdialogues, ended=True,
+                        missing_utterances=state.missing_utterances)
+
+
+def window_config(settings: Settings) -> WindowConfig:
+    return WindowConfig(context_turns=settings.context_turns, silence_flush_s=settings.silence_flush_s)
+
+
+async def process_batch(records: Sequence[InboundRecord], load_state: Callable[[str], SessionState | None],
+                        classifier: Classifier, settings: Settings, clock: Callable[[], float],
+                        source_topic: str = "utterances") -> BatchResult:
+    out = BatchResult()
+    cfg = window_config(settings)
+    pending: list[Microdialogue] = []
+    ended: list[str] = []
+    for i, rec in enumerate(records):
+        now = clock()
+        parsed = parse_inbound(rec.value, max_text_chars=settings.max_text_chars, received_at=now,
+                               source_topic=source_topic, partition=rec.partition, offset=rec.offset,
+                               key=rec.key)
+        if isinstance(parsed, Err):
+            out.dead_letters.append(parsed.dead_letter)
+            out.outcomes["dead_letter"] += 1
+            continue
+        sid = parsed.message.session_id
+        state = out.states.get(sid) or load_state(sid)
+        step = apply_message(state, parsed.message, now, cfg)
+        out.outcomes[step.outcome] += 1
+        if step.outcome in ("duplicate", "late"):
+            continue  # already applied before a redelivery: nothing changes, nothing is emitted
+        out.states[sid] = step.state
+        out.last_record_of[sid] = i
+        pending.extend(step.microdialogues)
+        if step.ended_now:
+            ended.append(sid)
+    out.n_microdialogues = len(pending)
+    if pending:
+        probs = await classifier.classify(pending)
+        emitted_at = clock()
+        for md, p in zip(pending, probs):
+            scores = dict(zip(CLASSES, map(float, p)))
+            d = decide(scores, settings.event_threshold)
+            if not d.is_homework:
+                continue
+            state = out.states[md.session_id]
+            event = homework_event(state, md, scores, d, classifier.model_version, emitted_at)
+            out.events.append(event)
+            out.latencies.append(emitted_at - md.closed_at)
+            out.states[md.session_id] = record_assignment(state, event)
+    for sid in ended:
+        out.summaries.append(session_summary(out.states[sid], classifier.model_version, clock()))
+        out.states[sid] = retire(out.states[sid])
+    return out
+
+
+def silence_checks_due(states: Mapping[str, SessionState], now: float, silence_s: float,
+                       already_sent: Mapping[str, float]) -> list[str]:
+    """Sessions whose waiting turn has been silent long enough and not yet been checked."""
+    return [sid for sid, st in states.items()
+            if st is not None and st.waiting and st.last_activity_at is not None
+            and now - st.last_activity_at >= silence_s and already_sent.get(sid) != st.last_activity_at]

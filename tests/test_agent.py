@@ -1,0 +1,146 @@
+"""The Faust agent under ``agent.test_context()``: no broker, outputs captured at ``Topic.send``.
+
+The agent sends with ``await topic.send(...)`` and then awaits the returned futures; the sessions
+table writes its changelog with ``Topic.send_soon``. Both are replaced by recorders, so nothing leaves
+the process. The agent batches with ``take_events`` and does not yield, so ``put()`` returns before
+the batch is processed: tests poll the recorder until the expected records arrive.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from faust.topics import Topic
+
+from stream.app import create_app
+
+
+class Sent:
+    def __init__(self):
+        self.records: list[tuple[str, bytes | str | None, object]] = []
+        self.changelog: list[tuple[str, object, object]] = []
+
+    def on(self, topic: str) -> list[dict]:
+        return [json.loads(v) for t, _, v in self.records if t == topic]
+
+
+@pytest.fixture
+def sent(monkeypatch) -> Sent:
+    rec = Sent()
+
+    async def send(self, *, key=None, value=None, partition=None, **kwargs):
+        rec.records.append((self.get_topic_name(), key, value))
+        fut = asyncio.get_running_loop().create_future()
+        fut.set_result(None)
+        return fut
+
+    def send_soon(self, *, key=None, value=None, partition=None, **kwargs):
+        rec.changelog.append((self.get_topic_name(), key, value))
+        # the table reads the final partition from the returned future's message
+        return self.as_future_message(key=key, value=value, partition=partition or 0)
+
+    monkeypatch.setattr(Topic, "send", send)
+    monkeypatch.setattr(Topic, "send_soon", send_soon)
+    return rec
+
+
+@pytest.fixture
+def app(settings_factory, fake_classifier, clock, sent):
+    return create_app(settings_factory(batch_within_s=0.005, batch_size=16), classifier=fake_classifier,
+                      clock=clock)
+
+
+async def wait_for(agent, condition, timeout=5.0):
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        crash = getattr(agent, "_crash_reason", None)
+        if crash is not None:
+            raise crash
+        if loop.time() > deadline:
+            raise AssertionError("timed out waiting for the agent")
+        await asyncio.sleep(0.01)
+    # let the rest of the batch (table writes) finish
+    await asyncio.sleep(0.05)
+    crash = getattr(agent, "_crash_reason", None)
+    if crash is not None:
+        raise crash
+
+
+async def put_all(agent, messages):
+    for m in messages:
+        await agent.put(key=m.session_id.encode(), value=m.model_dump_json().encode())
+
+
+def a_session(s):
+    return [s.start(therapist_id="th-1"), s.therapist("How were the nights?"), s.client("Short."),
+            s.therapist("This week, please try the breathing before bed."), s.client("Okay."),
+            s.therapist("See you next week."), s.end()]
+
+
+async def test_session_through_the_agent_yields_event_and_summary(app, sent, utterance_factory, clock):
+    s = utterance_factory("s1")
+    async with app.monitor_agent.test_context() as agent:
+        await put_all(agent, a_session(s))
+        await wait_for(agent, lambda: sent.on("session-summaries"))
+    (event,) = sent.on("homework-events")
+    assert (event["session_id"], event["turn"], event["category"]) == ("s1", 2, "practice")
+    assert event["therapist_id"] == "th-1" and event["emitted_at"] == clock()
+    (summary,) = sent.on("session-summaries")
+    assert summary["homework_assigned"] and summary["categories"] == ["practice"]
+    assert summary["n_utterances"] == 5 and summary["n_microdialogues"] == 3
+    assert sent.on("dead-letter") == []
+    keys = {k for t, k, _ in sent.records}
+    assert keys == {b"s1"}
+
+
+async def test_malformed_message_yields_a_dead_letter(app, sent):
+    async with app.monitor_agent.test_context() as agent:
+        await agent.put(key=b"s9", value=b"{definitely not json")
+        await wait_for(agent, lambda: sent.on("dead-letter"))
+    (dead,) = sent.on("dead-letter")
+    assert dead["reason"] == "malformed_json"
+    assert dead["payload"] == "{definitely not json" and dead["key"] == "s9"
+    assert sent.on("homework-events") == [] and sent.on("session-summaries") == []
+
+
+async def test_state_is_written_to_the_table_and_survives_batches(app, sent, utterance_factory):
+    s = utterance_factory("s1")
+    async with app.monitor_agent.test_context() as agent:
+        await put_all(agent, [s.therapist("Could you write a few lines each day?"), s.client("Yes.")])
+        await wait_for(agent, lambda: app.sessions_table.get("s1") is not None)
+        assert app.sessions_table["s1"]["pending_therapist"]["text"].startswith("Could you write")
+        await asyncio.sleep(0.05)  # the next messages land in a later batch
+        await put_all(agent, [s.therapist("Good."), s.end()])
+        await wait_for(agent, lambda: sent.on("session-summaries"))
+    assert [(e["turn"], e["category"]) for e in sent.on("homework-events")] == [(0, "journal")]
+    assert app.sessions_table["s1"]["ended"] is True
+    assert list(app.sessions_table["s1"]["history"]) == []  # retired: no transcript kept
+    assert any(t.endswith("sessions-changelog") for t, _, _ in sent.changelog)
+
+
+async def test_redelivered_messages_emit_nothing_new(app, sent, utterance_factory):
+    s = utterance_factory("s1")
+    msgs = a_session(s)
+    async with app.monitor_agent.test_context() as agent:
+        await put_all(agent, msgs)
+        await wait_for(agent, lambda: sent.on("session-summaries"))
+        before = len(sent.records)
+        await put_all(agent, msgs)  # at-least-once redelivery
+        await agent.put(key=b"s1", value=b"sentinel")  # processed after the redelivered messages
+        await wait_for(agent, lambda: sent.on("dead-letter"))
+    assert [t for t, _, _ in sent.records[before:]] == ["dead-letter"]
+
+
+async def test_valid_and_invalid_messages_in_one_stream(app, sent, utterance_factory, fake_classifier):
+    a, b = utterance_factory("a"), utterance_factory("b")
+    async with app.monitor_agent.test_context() as agent:
+        await put_all(agent, [a.therapist("Please read the handout."), b.therapist("Call the clinic.")])
+        await agent.put(key=b"a", value=b'{"session_id": "a", "seq": 5, "speaker": "robot", "text": "x"}')
+        await put_all(agent, [a.client("Ok."), b.client("Ok."), a.end(), b.end()])
+        await wait_for(agent, lambda: len(sent.on("session-summaries")) == 2)
+    assert sorted((e["session_id"], e["category"]) for e in sent.on("homework-events")) == [
+        ("a", "learn"), ("b", "take_action")]
+    assert [d["reason"] for d in sent.on("dead-letter")] == ["unknown_speaker"]
+    assert sum(len(c) for c in fake_classifier.calls) == 2

@@ -1,0 +1,94 @@
+"""Typed settings: environment overrides, secrets that never print, Kafka client options."""
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from stream.config import Settings
+
+PASSWORD = "hunter2-Xq9-very-secret"
+
+
+def test_defaults_need_no_environment(settings_factory):
+    s = settings_factory()
+    assert s.kafka_bootstrap == "127.0.0.1:1"
+    assert s.topics.utterances == "utterances"
+    assert s.kafka_sasl_password is None
+
+
+def test_hwm_environment_variables_override(settings_factory, monkeypatch):
+    settings_factory()  # clears any HWM_ variables of the caller
+    monkeypatch.setenv("HWM_KAFKA_BOOTSTRAP", "k1:9092,k2:9092")
+    monkeypatch.setenv("HWM_CONTEXT_TURNS", "5")
+    monkeypatch.setenv("HWM_EVENT_THRESHOLD", "0.75")
+    monkeypatch.setenv("HWM_TRITON_URL", "triton:8001")
+    s = Settings(_env_file=None)
+    assert s.kafka_bootstrap == "k1:9092,k2:9092"
+    assert (s.context_turns, s.event_threshold, s.triton_url) == (5, 0.75, "triton:8001")
+    assert s.kafka_client_kwargs()["bootstrap_servers"] == ["k1:9092", "k2:9092"]
+
+
+def test_topic_names_from_the_environment(settings_factory, monkeypatch):
+    settings_factory()
+    monkeypatch.setenv("HWM_TOPIC_DEAD_LETTER", "dlq")
+    monkeypatch.setenv("HWM_TOPICS__UTTERANCES", "utts-v2")
+    s = Settings(_env_file=None)
+    assert s.topics.dead_letter == "dlq"
+    assert s.topics.utterances == "utts-v2"
+
+
+def test_invalid_environment_values_are_rejected(settings_factory, monkeypatch):
+    settings_factory()
+    monkeypatch.setenv("HWM_EVENT_THRESHOLD", "1.5")
+    with pytest.raises(ValidationError):
+        Settings(_env_file=None)
+
+
+def test_keyword_overrides_win(settings_factory):
+    assert settings_factory(batch_size=7).batch_size == 7
+
+
+def test_password_never_appears_in_repr_or_str(settings_factory):
+    s = settings_factory(kafka_security_protocol="SASL_SSL", kafka_sasl_username="svc",
+                         kafka_sasl_password=PASSWORD)
+    assert PASSWORD not in repr(s)
+    assert PASSWORD not in str(s)
+    assert PASSWORD not in s.model_dump_json()
+    assert s.kafka_sasl_password.get_secret_value() == PASSWORD
+
+
+def test_password_from_the_environment_stays_secret(settings_factory, monkeypatch):
+    settings_factory()
+    monkeypatch.setenv("HWM_KAFKA_SASL_PASSWORD", PASSWORD)
+    s = Settings(_env_file=None)
+    assert PASSWORD not in repr(s) and PASSWORD not in str(s)
+
+
+def test_plaintext_client_kwargs_have_no_sasl_fields(settings_factory):
+    kwargs = settings_factory(kafka_sasl_username="svc", kafka_sasl_password=PASSWORD).kafka_client_kwargs()
+    assert kwargs == {"bootstrap_servers": ["127.0.0.1:1"], "security_protocol": "PLAINTEXT"}
+
+
+def test_ssl_client_kwargs_have_no_sasl_fields(settings_factory):
+    kwargs = settings_factory(kafka_security_protocol="SSL").kafka_client_kwargs()
+    assert not any(k.startswith("sasl") for k in kwargs)
+
+
+@pytest.mark.parametrize("protocol", ["SASL_PLAINTEXT", "SASL_SSL"])
+def test_sasl_client_kwargs_carry_the_credentials(settings_factory, protocol):
+    s = settings_factory(kafka_security_protocol=protocol, kafka_sasl_mechanism="SCRAM-SHA-512",
+                         kafka_sasl_username="svc", kafka_sasl_password=PASSWORD)
+    kwargs = s.kafka_client_kwargs()
+    assert kwargs["security_protocol"] == protocol
+    assert (kwargs["sasl_mechanism"], kwargs["sasl_plain_username"], kwargs["sasl_plain_password"]) == (
+        "SCRAM-SHA-512", "svc", PASSWORD)
+
+
+def test_sasl_without_password_passes_none(settings_factory):
+    kwargs = settings_factory(kafka_security_protocol="SASL_PLAINTEXT").kafka_client_kwargs()
+    assert kwargs["sasl_plain_password"] is None
+
+
+def test_dead_letter_topic_has_one_partition(settings_factory):
+    counts = settings_factory(topic_partitions=6).topic_partition_counts()
+    assert counts == {"utterances": 6, "homework-events": 6, "session-summaries": 6, "dead-letter": 1}

@@ -1,0 +1,1 @@
+"""Data, self-supervised pretraining, fine-tuning, baselines, evaluation and export for the classifier."""

@@ -1,0 +1,130 @@
+"""Reading the shared data by path (never copied into the repo) and building microdialogues.
+
+Labeled items: ``labeled/real_dev.jsonl`` (real) and ``labeled/synthetic.jsonl`` (written; training
+only). Unlabeled: every corpus in ``corpora/*/sessions.jsonl``, windowed into microdialogues by the
+same code the stream worker runs (``stream.windowing``), tagged by source.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from stream.offline import session_utterances
+from stream.schemas import CLASSES
+from stream.windowing import WindowConfig, window_session
+
+from .model import Example
+
+CLINICAL_SOURCES = ("annomi", "hlqc", "mibot", "pa_counseling")
+
+
+def read_jsonl(path: Path) -> Iterator[dict]:
+    path = Path(path)
+    if not path.exists() and path.with_name(path.name + ".gz").exists():
+        path = path.with_name(path.name + ".gz")  # compressed copies travel to the GPU machine
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                yield json.loads(line)
+
+
+def text_sha256(*paths: Path) -> str:
+    """Hash of the records (not the bytes), so a gzipped copy hashes like the original."""
+    h = hashlib.sha256()
+    for p in paths:
+        for d in read_jsonl(p):
+            h.update(json.dumps(d, sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class LabeledItem:
+    id: str
+    source: str  # corpus name, or "synthetic"
+    session_id: str
+    example: Example
+    label: str
+    labels: tuple[str, ...]
+    real: bool
+
+    @property
+    def y(self) -> int:
+        return CLASSES.index(self.label)
+
+
+def _example(d: dict) -> Example:
+    ctx = tuple((c["speaker"], c["text"]) for c in d.get("context") or [])
+    return Example(therapist=d["therapist"], client=d.get("client"), context=ctx)
+
+
+def load_labeled(path: Path, real: bool) -> list[LabeledItem]:
+    items = []
+    for d in read_jsonl(path):
+        items.append(LabeledItem(
+            id=str(d["id"]), source=d.get("dataset") or ("synthetic" if not real else "unknown"),
+            session_id=d.get("session_id") or f"{d['id']}", example=_example(d), label=d["label"],
+            labels=tuple(d.get("labels") or [d["label"]]), real=real))
+    return items
+
+
+@dataclass(frozen=True)
+class LabeledData:
+    real: list[LabeledItem]
+    synthetic: list[LabeledItem]
+    data_hash: str
+
+
+def load_labeled_data(data_dir: Path) -> LabeledData:
+    real_p, syn_p = data_dir / "labeled" / "real_dev.jsonl", data_dir / "labeled" / "synthetic.jsonl"
+    present = [p for p in (real_p, syn_p) if p.exists() or p.with_name(p.name + ".gz").exists()]
+    return LabeledData(load_labeled(real_p, True), load_labeled(syn_p, False) if syn_p in present else [],
+                       text_sha256(*present))
+
+
+def load_sessions(path: Path) -> list[dict]:
+    return list(read_jsonl(path))
+
+
+def corpus_paths(data_dir: Path, sources: Iterable[str] | None = None) -> list[Path]:
+    paths = sorted(p.with_name("sessions.jsonl") for p in (data_dir / "corpora").glob("*/sessions.jsonl*"))
+    return [p for p in paths if sources is None or p.parent.name in set(sources)]
+
+
+@dataclass(frozen=True)
+class UnlabeledMicrodialogue:
+    source: str
+    session_id: str
+    turn: int
+    therapist: str
+    client: str | None
+
+
+def unlabeled_microdialogues(data_dir: Path, sources: Iterable[str] | None = None,
+                             exclude_sessions: set[str] | frozenset = frozenset(),
+                             cfg: WindowConfig = WindowConfig()) -> list[UnlabeledMicrodialogue]:
+    """The paper's pretraining units: therapist turn + client reply, windowed like the stream."""
+    out = []
+    for path in corpus_paths(data_dir, sources):
+        source = path.parent.name
+        for s in read_jsonl(path):
+            if s["session_id"] in exclude_sessions:
+                continue
+            _, mds = window_session(session_utterances(s), cfg, s["session_id"])
+            out.extend(UnlabeledMicrodialogue(source, s["session_id"], md.turn, md.therapist.text,
+                                              md.client.text if md.client else None) for md in mds)
+    return out
+
+
+def session_folds(session_ids: Iterable[str], n_folds: int, seed: int = 13) -> dict[str, int]:
+    """Fold of each session: items and whole sessions are grouped, never split across folds."""
+    uniq = sorted(set(session_ids))
+    rng = np.random.default_rng(seed)
+    rng.shuffle(uniq)
+    return {g: i % n_folds for i, g in enumerate(uniq)}

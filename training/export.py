@@ -1,0 +1,101 @@
+"""Build the served artifact from a Table 1 row: train on ALL labeled data, keep the row's temperature.
+
+  python -m training.export --row best --out triton_models/homework_classifier/1/artifact
+
+``best`` is the row with the highest out-of-fold macro-F1 among the cached encoder rows. The
+temperature comes from that row's out-of-fold logits, so thresholds keep their meaning in serving.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from stream.config import DEFAULT_ARTIFACT, REPO_ROOT, default_data_dir
+from stream.schemas import CLASSES
+
+from .features import cached_features
+from .finetune import finetune
+from .head import train_head
+from .model import Encoder, ModelSpec, base_encoder_path, save_artifact
+from .table1 import CONFIGS, ENCODER_ROWS, Context, RowResult, build_context, evaluate_row, pretrained_encoder
+
+FROZEN = {"minilm_frozen": ("mean", None), "tsdae_only": ("cls", False), "tsdae_nsp": ("cls", True)}
+
+
+def pick_best(ctx: Context, results_dir: Path) -> tuple[str, dict]:
+    scored = {}
+    for row in ENCODER_ROWS:
+        path = results_dir / f"{row}.json"
+        if path.exists():
+            scored[row] = evaluate_row(ctx, RowResult.from_json(json.loads(path.read_text())), ctx.cfg.threshold)
+    if not scored:
+        raise SystemExit(f"no encoder row results in {results_dir}: run training.table1 first")
+    best = max(scored, key=lambda r: scored[r]["pooled"]["macro_f1"])
+    return best, scored[best]
+
+
+def export_row(ctx: Context, row: str, evaluation: dict, out: Path) -> Path:
+    items = ctx.real + ctx.data.synthetic
+    y = np.array([i.y for i in items])
+    w = np.array([ctx.cfg.head.real_weight if i.real else 1.0 for i in items])
+    metrics = {k: round(v, 4) for k, v in evaluation["pooled"].items()}
+    spec_common = dict(temperature=round(evaluation["temperature"], 4),
+                       version=f"{row}-{ctx.data.data_hash[:8]}",
+                       extra={"row": row, "cv_metrics": metrics, "session": evaluation["session"],
+                              "data_hash": ctx.data.data_hash})
+    if out.exists():
+        shutil.rmtree(out)
+    if row in FROZEN:
+        pooling, nsp = FROZEN[row]
+        enc_path = base_encoder_path() if nsp is None else pretrained_encoder(ctx, nsp)
+        enc = Encoder(enc_path, pooling, 128, ctx.device)
+        X = cached_features(enc, f"export-{row}", [i.example for i in items], ctx.cfg.views,
+                            ctx.work_dir / "features")
+        head = train_head(X, y, len(CLASSES), ctx.cfg.head, w)
+        spec = ModelSpec(views=ctx.cfg.views, pooling=pooling, head_hidden=ctx.cfg.head.hidden,
+                         dropout=ctx.cfg.head.dropout, **spec_common)
+        return save_artifact(out, spec, head, None if nsp is None else enc_path)
+    if row == "minilm_finetuned":
+        views = ("pair", "therapist")
+        model = finetune(base_encoder_path(), [i.example for i in items], y, w, views, "mean",
+                         ctx.cfg.finetune, len(CLASSES), ctx.device)
+        with tempfile.TemporaryDirectory() as tmp:
+            model.enc.model.save_pretrained(tmp)
+            model.enc.tokenizer.save_pretrained(tmp)
+            spec = ModelSpec(views=views, pooling="mean", head_hidden=ctx.cfg.finetune.head_hidden,
+                             dropout=ctx.cfg.finetune.dropout, **spec_common)
+            return save_artifact(out, spec, model.head.cpu(), Path(tmp))
+    raise SystemExit(f"row {row!r} is not an encoder row")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--row", default="best")
+    p.add_argument("--config", choices=sorted(CONFIGS), default="full")
+    p.add_argument("--data-dir", type=Path, default=default_data_dir())
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--results-dir", type=Path, default=REPO_ROOT / "training" / "results")
+    p.add_argument("--work-dir", type=Path, default=REPO_ROOT / "var" / "table1")
+    p.add_argument("--out", type=Path, default=DEFAULT_ARTIFACT)
+    a = p.parse_args(argv)
+    cfg = CONFIGS[a.config]
+    ctx = build_context(cfg, a.data_dir, a.device, a.work_dir / cfg.name)
+    if a.row == "best":
+        row, evaluation = pick_best(ctx, a.results_dir)
+    else:
+        row = a.row
+        evaluation = evaluate_row(ctx, RowResult.from_json(json.loads((a.results_dir / f"{row}.json").read_text())),
+                                  cfg.threshold)
+    path = export_row(ctx, row, evaluation, a.out)
+    print(json.dumps({"row": row, "artifact": str(path), "macro_f1": evaluation["pooled"]["macro_f1"],
+                      "temperature": evaluation["temperature"]}))
+
+
+if __name__ == "__main__":
+    main()
