@@ -6,14 +6,14 @@ staggered starts. Each session: ``session_start``, its utterances (seq = index),
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from stream.schemas import SessionEnd, SessionStart, Utterance
+from stream.offline import session_utterances
+from stream.schemas import SessionEnd, SessionStart
 
 WORDS_PER_S = 150 / 60
 TURN_GAP_S = 1.0
@@ -37,8 +37,12 @@ def demo_sessions_dir() -> Path:
 def utterance_offsets(utterances: Sequence[dict]) -> list[float]:
     """Seconds from session start for each utterance: real ``start_s`` or a synthetic pace."""
     if utterances and all(u.get("start_s") is not None for u in utterances):
-        t0 = utterances[0]["start_s"]
-        return [max(0.0, u["start_s"] - t0) for u in utterances]
+        # Some transcripts have start times that step backwards; never reorder a session.
+        t0, offsets, prev = utterances[0]["start_s"], [], 0.0
+        for u in utterances:
+            prev = max(prev, u["start_s"] - t0)
+            offsets.append(prev)
+        return offsets
     offsets, t = [], 0.0
     for u in utterances:
         offsets.append(t)
@@ -58,17 +62,16 @@ class Scheduled:
 def session_messages(session: dict, start_at: float, speed: float,
                      session_id: str | None = None) -> list[Scheduled]:
     sid = session_id or session["session_id"]
-    meta = session.get("meta") or {}
-    m = {k: meta.get(k) for k in ("therapist_id", "client_id", "program_id", "scheduled_minutes")}
-    utts = [u for u in session["utterances"] if u.get("speaker") in ("therapist", "client")]
-    offs = utterance_offsets(utts)
+    # The offline path's conversion: the same seq numbering, speaker filter and text clean-up.
+    utts = [u.model_copy(update={"session_id": sid}) for u in session_utterances(session)]
+    offs = utterance_offsets([u.model_dump() for u in utts])
+    m = utts[0].model_dump(include={"therapist_id", "client_id", "program_id", "scheduled_minutes"}) if utts else {}
     out = [Scheduled(start_at, sid, SessionStart(session_id=sid, **m).model_dump_json().encode(), "session_start")]
-    for i, (u, off) in enumerate(zip(utts, offs)):
-        msg = Utterance(session_id=sid, seq=i, speaker=u["speaker"], text=u["text"], start_s=u.get("start_s"),
-                        **m)
-        out.append(Scheduled(start_at + off / speed, sid, msg.model_dump_json().encode(), "utterance", i))
+    for u, off in zip(utts, offs):
+        out.append(Scheduled(start_at + off / speed, sid, u.model_dump_json().encode(), "utterance", u.seq))
     end_at = start_at + (offs[-1] if offs else 0.0) / speed + 0.001
-    out.append(Scheduled(end_at, sid, SessionEnd(session_id=sid, n_utterances=len(utts)).model_dump_json().encode(),
+    n = utts[-1].seq + 1 if utts else 0
+    out.append(Scheduled(end_at, sid, SessionEnd(session_id=sid, n_utterances=n).model_dump_json().encode(),
                          "session_end"))
     return out
 
@@ -108,8 +111,3 @@ def replay(msgs: Sequence[Scheduled], producer, topic: str, progress: bool = Tru
             bar.update(1)
     producer.flush()
     return counts
-
-
-async def replay_async(msgs: Sequence[Scheduled], producer, topic: str) -> None:
-    """The same schedule from inside an event loop (benchmarks): the blocking sends go to a thread."""
-    await asyncio.to_thread(replay, msgs, producer, topic, False)

@@ -93,6 +93,8 @@ def create_app(settings: Settings, classifier: Classifier | None = None,
         now = clock()
         states = {k: SessionState.from_json(v) for k, v in list(sessions.items()) if v}
         metrics.ACTIVE_SESSIONS.set(sum(1 for s in states.values() if not s.ended))
+        for sid in [k for k in silence_sent if k not in states or states[k].ended]:
+            del silence_sent[sid]
         for sid in silence_checks_due(states, now, settings.silence_flush_s, silence_sent):
             silence_sent[sid] = states[sid].last_activity_at
             await utterances.send(key=sid.encode(), value=_dump(SilenceCheck(session_id=sid, at=now)))

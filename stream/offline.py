@@ -18,13 +18,16 @@ ProbsFn = Callable[[Sequence[Microdialogue]], np.ndarray]
 
 
 def session_utterances(session: dict) -> list[Utterance]:
-    """Corpus-schema session -> Utterances (seq = index in the session's utterance list)."""
+    """Corpus-schema session -> Utterances, as a live diarizer would send them: therapist and client
+    only, seq dense from 0 (the index in the session when, as in every corpus here, there are no
+    other speakers), empty text replaced so it is not dead-lettered."""
     meta = session.get("meta") or {}
     keep = {k: meta.get(k) for k in ("therapist_id", "client_id", "program_id", "scheduled_minutes")}
+    spoken = [u for u in session["utterances"] if u["speaker"] in ("therapist", "client")]
     return [Utterance(session_id=session["session_id"], seq=i, speaker=u["speaker"],
                       text=u["text"] if u["text"].strip() else "…", start_s=u.get("start_s"),
                       end_s=u.get("end_s"), **keep)
-            for i, u in enumerate(session["utterances"]) if u["speaker"] in ("therapist", "client")]
+            for i, u in enumerate(spoken)]
 
 
 def windowed_sessions(sessions: Iterable[dict], cfg: WindowConfig):

@@ -44,7 +44,7 @@ def parse_inbound(raw: bytes | str | dict, *, max_text_chars: int, received_at: 
                               received_at=received_at))
 
     if isinstance(raw, dict):
-        obj = raw
+        obj = dict(raw)  # never mutate the caller's record
     else:
         try:
             obj = json.loads(payload)
@@ -54,7 +54,8 @@ def parse_inbound(raw: bytes | str | dict, *, max_text_chars: int, received_at: 
         return err("malformed_json", f"expected a JSON object, got {type(obj).__name__}")
     obj.setdefault("type", "utterance")
     if obj["type"] == "utterance":
-        if "speaker" in obj and obj["speaker"] not in SPEAKERS:
+        # Non-string speakers (lists, objects) fall through to the schema check below.
+        if isinstance(obj.get("speaker"), str) and obj["speaker"] not in SPEAKERS:
             return err("unknown_speaker", "speaker must be 'therapist' or 'client'")
         text = obj.get("text")
         if isinstance(text, str) and len(text) > max_text_chars:

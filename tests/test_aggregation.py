@@ -62,6 +62,11 @@ def test_homework_event_fields():
     assert set(e.scores) == set(CLASSES)
 
 
+def test_event_carries_the_trigger_seq():
+    assert event(microdialogue=replace(md(), trigger_seq=9)).trigger_seq == 9
+    assert event().trigger_seq is None
+
+
 def test_event_id_is_deterministic():
     assert event(at=1.0).event_id == event(at=999.0).event_id  # emission time does not matter
 

@@ -44,7 +44,7 @@ def test_frozen_encoder_weights_do_not_change_during_head_training(encoder):
     before = _hash_state(encoder.model)
     X = featurize(encoder, EXAMPLES, ("pair", "therapist"), batch_size=3)
     assert X.shape == (len(EXAMPLES), 2 * 384) and X.dtype == np.float32 and np.isfinite(X).all()
-    cfg = HeadConfig(hidden=32, epochs=40, batch_size=4, lr=1e-2)
+    cfg = HeadConfig(hidden=32, epochs=15, batch_size=4, lr=1e-2)
     torch.manual_seed(cfg.seed)
     init = Head(X.shape[1], cfg.hidden, 5, cfg.dropout)  # what train_head starts from (same seed)
     w = np.where(LABELS == 4, 1.0, cfg.real_weight)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -215,18 +216,22 @@ def test_checkpoint_round_trip_resumes(trainer, tmp_path):
 
 
 @pytest.mark.slow
-def test_pretrain_driver_resumes_from_checkpoint(tmp_path):
-    units = BATCH * 2
-    cfg = PretrainConfig(steps=1, batch_size=4, max_length=16, checkpoint_every=1)
-    r1 = pretrain(units, cfg, tmp_path, progress=False)
-    assert r1["steps"] == 1 and (tmp_path / "checkpoint.pt").exists()
-    assert (tmp_path / "encoder" / "config.json").exists()
-    r2 = pretrain(units, PretrainConfig(steps=2, batch_size=4, max_length=16, checkpoint_every=1),
-                  tmp_path, progress=False)
-    assert r2["steps"] == 2
-    assert len(r2["first_losses"]) == 1  # only the one missing step ran
+def test_pretrain_driver_resumes_from_checkpoint(trainer, tmp_path):
+    """pretrain() picks up out/checkpoint.pt: a run already at ``steps`` trains no further and its
+    saved encoder is exactly the checkpointed one."""
+    trainer.rng = random.Random(11)
+    trainer.train_step(BATCH, BATCH)
+    trainer.save_checkpoint(tmp_path / "checkpoint.pt")
+    cfg = replace(CFG, steps=trainer.step)
+    report = pretrain(BATCH * 2, cfg, tmp_path, progress=False)
+    assert report["steps"] == trainer.step and report["first_losses"] == []  # nothing left to do
     saved = json.loads((tmp_path / "pretrain.json").read_text())
-    assert saved["steps"] == 2 and saved["units"] == len(units)
+    assert saved["steps"] == trainer.step and saved["units"] == 8
+    from transformers import AutoModel
+    enc = AutoModel.from_pretrained(str(tmp_path / "encoder")).state_dict()
+    mine = trainer.model[0].auto_model.state_dict()
+    assert enc.keys() == mine.keys()
+    assert all(torch.equal(enc[k], mine[k]) for k in mine)
     from training.model import Encoder
     emb = Encoder(tmp_path / "encoder", "cls", 16).embed(["Write it down tonight.", ("Hi.", "Hello.")])
     assert emb.shape == (2, 384) and np.isfinite(emb).all()

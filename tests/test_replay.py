@@ -84,14 +84,27 @@ def test_replayed_messages_pass_validation():
         assert isinstance(parse_inbound(m.value, max_text_chars=4000, received_at=0.0), Ok)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: producers/replay.py reorders a session's utterances when "
-                   "start_s is not monotonic (schedule sorts by time), so seq arrives out of order and "
-                   "the worker drops the lower seq as a duplicate")
 def test_non_monotonic_start_times_never_reorder_a_session():
     s = session(n=4, start_s=[1.0, 9.0, 8.0, 12.0])  # overlapping speech in a diarized transcript
     msgs = schedule([s], speed=1.0, stagger_s=0.0)
     seqs = [m.seq for m in msgs if m.kind == "utterance"]
     assert seqs == sorted(seqs)
+
+
+def test_replay_never_sends_an_utterance_the_worker_rejects():
+    s = session(n=3)
+    s["utterances"][1]["text"] = "  "
+    for m in session_messages(s, 0.0, 1.0):
+        assert isinstance(parse_inbound(m.value, max_text_chars=4000, received_at=0.0), Ok)
+
+
+def test_replay_and_offline_assign_the_same_seq():
+    from stream.offline import session_utterances
+    s = session(n=4)
+    s["utterances"].insert(1, {"speaker": "interpreter", "text": "aside"})
+    online = [(u.seq, u.text) for u in decoded(session_messages(s, 0.0, 1.0)) if isinstance(u, Utterance)]
+    offline = [(u.seq, u.text) for u in session_utterances(s)]
+    assert online == offline
 
 
 # ------------------------------------------------------------------------------- schedules

@@ -128,8 +128,6 @@ def test_detail_never_contains_the_utterance_text(raw):
     assert d.payload == raw  # ...but nothing is lost
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: parse_inbound raises TypeError for an unhashable speaker "
-                   "(list/dict) instead of dead-lettering it (stream/validation.py, `in SPEAKERS`)")
 @pytest.mark.parametrize("speaker", [["client"], {"name": "client"}])
 def test_unhashable_speaker_is_dead_lettered_not_raised(speaker):
     d = dead(json.dumps(utterance(speaker=speaker)))

@@ -55,6 +55,15 @@ def test_microdialogue_is_emitted_only_when_the_next_therapist_utterance_arrives
     assert step.state.n_microdialogues == 1
 
 
+def test_trigger_seq_is_the_utterance_that_completed_the_microdialogue(utterance_factory):
+    s = utterance_factory("s1")
+    state, mds, _ = run_messages([s.therapist("Q?"), s.client("A."), s.client("More."),
+                                  s.therapist("Next."), s.client("Sure.")], CFG)
+    assert [md.trigger_seq for md in mds] == [3]
+    flushed = apply_session_end(state, s.end(), 9.0, CFG).microdialogues
+    assert [md.trigger_seq for md in flushed] == [None]  # completed by the end, not an utterance
+
+
 def test_client_utterances_after_the_therapist_turn_all_belong_to_the_reply(utterance_factory):
     s = utterance_factory("s1")
     _, mds, _ = run_messages([s.therapist("Q?"), s.client("first part"), s.client("second part"),
@@ -326,3 +335,39 @@ def test_restart_from_an_older_committed_state_gives_the_same_microdialogues(spe
     assert set(_content(before_crash + after_restart)) == set(_content(clean_mds))
     assert _content(committed_mds + after_restart) == _content(clean_mds)
     assert _timeless(state) == _timeless(clean_state)
+
+
+events = st.lists(st.one_of(st.tuples(st.just("utt"), st.sampled_from(["therapist", "client"]),
+                                      st.floats(0.0, 20.0)),
+                            st.tuples(st.just("silence"), st.just(""), st.floats(0.0, 20.0))),
+                  max_size=20)
+
+
+@hsettings(max_examples=300, deadline=None, database=None)
+@given(events, st.integers(0, 4))
+def test_every_therapist_utterance_is_emitted_exactly_once_with_silences_interleaved(evts, context_turns):
+    cfg = WindowConfig(context_turns=context_turns, silence_flush_s=8.0)
+    clock, state, mds, seq = FakeClock(0.0), SessionState(session_id="p"), [], 0
+    for kind, speaker, gap in evts:
+        clock.advance(gap)
+        if kind == "utt":
+            step = apply_utterance(state, Utterance(session_id="p", seq=seq, speaker=speaker, text=f"u{seq}"),
+                                   clock(), cfg)
+            seq += 1
+        else:
+            step = apply_silence_check(state, clock(), cfg)
+        state = step.state
+        mds += step.microdialogues
+    end = apply_session_end(state, SessionEnd(session_id="p", n_utterances=seq), clock(), cfg)
+    mds += end.microdialogues
+    therapist_seqs = [i for i, (k, sp, _) in enumerate(e for e in evts if e[0] == "utt") if sp == "therapist"]
+    emitted = sorted(s for md in mds for s in md.therapist.seqs)
+    assert emitted == therapist_seqs
+    client_seqs = [s for md in mds if md.client for s in md.client.seqs]
+    assert len(client_seqs) == len(set(client_seqs))
+    for md in mds:
+        assert len(md.context) <= context_turns
+        assert all(t.last_seq < md.therapist.first_seq for t in md.context)
+        assert md.client is None or md.client.first_seq > md.therapist.last_seq
+    assert end.state.n_microdialogues == len(mds)
+    assert not end.state.waiting

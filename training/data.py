@@ -93,7 +93,8 @@ def load_sessions(path: Path) -> list[dict]:
 
 
 def corpus_paths(data_dir: Path, sources: Iterable[str] | None = None) -> list[Path]:
-    paths = sorted(p.with_name("sessions.jsonl") for p in (data_dir / "corpora").glob("*/sessions.jsonl*"))
+    # A corpus may be stored plain or gzipped (GPU copies); list each corpus once.
+    paths = sorted({p.with_name("sessions.jsonl") for p in (data_dir / "corpora").glob("*/sessions.jsonl*")})
     return [p for p in paths if sources is None or p.parent.name in set(sources)]
 
 

@@ -49,8 +49,18 @@ def export_row(ctx: Context, row: str, evaluation: dict, out: Path) -> Path:
                        version=f"{row}-{ctx.data.data_hash[:8]}",
                        extra={"row": row, "cv_metrics": metrics, "session": evaluation["session"],
                               "data_hash": ctx.data.data_hash})
+    # Build next to the target and swap at the end: a failed export never destroys the served artifact.
+    staging = out.with_name(out.name + ".staging")
+    if staging.exists():
+        shutil.rmtree(staging)
+    built = _build(ctx, row, items, y, w, spec_common, staging)
     if out.exists():
         shutil.rmtree(out)
+    built.replace(out)
+    return out
+
+
+def _build(ctx: Context, row: str, items, y, w, spec_common: dict, out: Path) -> Path:
     if row in FROZEN:
         pooling, nsp = FROZEN[row]
         enc_path = base_encoder_path() if nsp is None else pretrained_encoder(ctx, nsp)

@@ -19,8 +19,8 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, 
 
 def session_metrics(truth: dict[str, bool], predicted: dict[str, bool]) -> dict[str, float]:
     ids = [s for s, v in truth.items() if v is not None and s in predicted]
-    t = np.array([truth[s] for s in ids])
-    p = np.array([predicted[s] for s in ids])
+    t = np.array([bool(truth[s]) for s in ids], dtype=bool)
+    p = np.array([bool(predicted[s]) for s in ids], dtype=bool)
     tp, fp, fn = int((t & p).sum()), int((~t & p).sum()), int((t & ~p).sum())
     return {"sessions": len(ids), "accuracy": float((t == p).mean()) if ids else 0.0,
             "precision": tp / (tp + fp) if tp + fp else 0.0, "recall": tp / (tp + fn) if tp + fn else 0.0}

@@ -66,6 +66,12 @@ def microdialogue_text(u: UnlabeledMicrodialogue) -> str:
     return f"{u.therapist} {u.client}" if u.client else u.therapist
 
 
+def _embedding_dim(word_module) -> int:
+    # sentence-transformers renamed the method in 6.1; the GPU image has 6.0.
+    get = getattr(word_module, "get_embedding_dimension", None) or word_module.get_word_embedding_dimension
+    return get()
+
+
 class NSPHead(nn.Module):
     def __init__(self, hidden: int):
         super().__init__()
@@ -87,10 +93,10 @@ class MultitaskPretrainer:
         self.cfg, self.device = cfg, device
         path = str(encoder_path or base_encoder_path())
         word = models.Transformer(path, max_seq_length=cfg.max_length)
-        pooling = models.Pooling(word.get_word_embedding_dimension(), "cls")
+        pooling = models.Pooling(_embedding_dim(word), "cls")
         self.model = SentenceTransformer(modules=[word, pooling], device=device)
         self.dae = DenoisingAutoEncoderLoss(self.model, tie_encoder_decoder=True).to(device)
-        self.nsp = NSPHead(word.get_word_embedding_dimension()).to(device)
+        self.nsp = NSPHead(_embedding_dim(word)).to(device)
         params = {id(p): p for p in list(self.dae.parameters()) + list(self.nsp.parameters())}
         self.optimizer = torch.optim.AdamW(params.values(), lr=cfg.lr)
         self.step = 0
@@ -121,9 +127,12 @@ class MultitaskPretrainer:
             if self.rng.random() < 0.5:
                 th.append(u.therapist), cl.append(u.client), y.append(1)
             else:
-                other = self.rng.choice(with_client)
-                while other.client == u.client and len(with_client) > 1:
-                    other = self.rng.choice(with_client)
+                # A negative: another microdialogue's client turn (a few tries to find a different
+                # text; with none, the pair is skipped rather than mislabelled).
+                other = next((o for o in (self.rng.choice(with_client) for _ in range(8))
+                              if o.client != u.client), None)
+                if other is None:
+                    continue
                 th.append(u.therapist), cl.append(other.client), y.append(0)
         return th, cl, torch.tensor(y, device=self.device)
 
@@ -148,7 +157,7 @@ class MultitaskPretrainer:
         torch.nn.utils.clip_grad_norm_(self.dae.parameters(), 1.0)
         self.optimizer.step()
         self.step += 1
-        return {"loss": float(loss), "tsdae": float(l_tsdae), "nsp": float(l_nsp)}
+        return {"loss": float(loss.detach()), "tsdae": float(l_tsdae.detach()), "nsp": float(l_nsp.detach())}
 
     # --- checkpoints -------------------------------------------------------------------------
     def save_checkpoint(self, path: Path) -> None:
@@ -176,6 +185,9 @@ class MultitaskPretrainer:
 
 
 def batches(units: Sequence[UnlabeledMicrodialogue], batch_size: int, rng: np.random.Generator):
+    if not units:
+        raise ValueError("no unlabeled microdialogues to pretrain on")
+    batch_size = min(batch_size, len(units))
     while True:
         perm = rng.permutation(len(units))
         for i in range(0, len(perm) - batch_size + 1, batch_size):

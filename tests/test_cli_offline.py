@@ -1,0 +1,225 @@
+"""``homework-monitor classify / summarize / review`` in process, with the committed artifact."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stream import cli
+from stream.aggregation import decide
+from stream.classifier import InProcessClassifier
+from stream.config import DEFAULT_ARTIFACT
+from stream.offline import windowed_sessions
+from stream.schemas import CLASSES, HOMEWORK_CLASSES
+from stream.windowing import WindowConfig
+from training.model import Example, HomeworkClassifier
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "data"
+MINI = FIXTURES / "corpora" / "mini" / "sessions.jsonl"
+TRUTH = FIXTURES / "labeled" / "sessions_dev.jsonl"
+SUMMARY_KEYS = {"session_id", "homework_assigned", "categories", "assignments"}
+ASSIGNMENT_KEYS = {"turn", "category", "confidence", "start_s", "quote"}
+
+pytestmark = pytest.mark.skipif(not (DEFAULT_ARTIFACT / "model.json").exists(),
+                                reason="the committed artifact is missing")
+
+# Written for these tests.
+CLASSIFY_INPUT = [
+    {"id": "a", "context": [{"speaker": "client", "text": "Work has been overwhelming lately."},
+                            {"speaker": "therapist", "text": "That sounds like a lot to carry."}],
+     "therapist": "Between now and next week, write down one stressful moment each evening and what you thought.",
+     "client": "Okay, I can keep notes on my phone."},
+    {"id": "b", "therapist": "How was the drive over here today?"},
+    {"id": "c", "context": [], "therapist": "Try the five-minute breathing exercise every morning.", "client": "",
+     "label": "practice", "notes": "extra fields are ignored"},
+    {"id": "d", "context": [{"speaker": "therapist", "text": "Here is a short article on sleep."}],
+     "therapist": "Read it before our next session and mark anything that surprises you.", "client": "Will do."},
+]
+
+
+def _read(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _sessions() -> list[dict]:
+    return _read(MINI)
+
+
+@pytest.fixture(scope="module")
+def clf() -> HomeworkClassifier:
+    return HomeworkClassifier(DEFAULT_ARTIFACT)
+
+
+_LOADED: dict[Path, HomeworkClassifier] = {}
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch, tmp_path, clf):
+    # default settings only: no HWM_* overrides, no stray .env in the working directory
+    for var in ("HWM_ARTIFACT_DIR", "HWM_EVENT_THRESHOLD", "HWM_CONTEXT_TURNS", "HWM_SILENCE_FLUSH_S",
+                "HWM_TRITON_URL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(tmp_path)
+    # Each command loads its artifact once per call; reuse the one already loaded for the default
+    # artifact (and remember which paths were asked for) to keep these tests quick.
+    _LOADED.setdefault(DEFAULT_ARTIFACT.resolve(), clf)
+    requested = []
+
+    def load(self):
+        if self._model is None:
+            key = Path(self.artifact).resolve()
+            requested.append(key)
+            if key not in _LOADED:
+                _LOADED[key] = HomeworkClassifier(self.artifact)
+            self._model = _LOADED[key]
+            self.model_version = self._model.version
+        return self._model
+
+    monkeypatch.setattr(InProcessClassifier, "load", load)
+    return requested
+
+
+def _direct_windowed(clf):
+    windowed = list(windowed_sessions(_sessions(), WindowConfig()))
+    mds = [m for _, ms in windowed for m in ms]
+    return windowed, mds, clf.predict_proba([Example.of_microdialogue(m) for m in mds])
+
+
+# --- classify ------------------------------------------------------------------------------------
+def test_classify_writes_labels_and_scores(tmp_path, clf, capsys, _isolated):
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out" / "labels.jsonl"
+    inp.write_text("".join(json.dumps(r) + "\n" for r in CLASSIFY_INPUT) + "\n")
+    cli.main(["classify", "--input", str(inp), "--output", str(out)])
+    assert _isolated == [DEFAULT_ARTIFACT.resolve()]  # the committed artifact is the default
+    assert "classified 4 microdialogues" in capsys.readouterr().err
+    rows = _read(out)
+    assert [r["id"] for r in rows] == ["a", "b", "c", "d"]
+    for r in rows:
+        assert set(r) == {"id", "label", "scores"}
+        assert r["label"] in CLASSES
+        assert list(r["scores"]) == list(CLASSES)
+        assert sum(r["scores"].values()) == pytest.approx(1.0, abs=1e-4)
+        assert all(0.0 <= v <= 1.0 for v in r["scores"].values())
+        assert r["label"] == max(r["scores"], key=r["scores"].get)
+
+    # in-process results equal HomeworkClassifier.predict_proba on the same examples
+    examples = [Example(therapist=d["therapist"], client=d.get("client") or None,
+                        context=tuple((c["speaker"], c["text"]) for c in d.get("context", [])))
+                for d in CLASSIFY_INPUT]
+    direct = clf.predict_proba(examples)
+    got = np.array([[r["scores"][c] for c in CLASSES] for r in rows])
+    np.testing.assert_allclose(got, direct, atol=2e-5)
+    assert [r["label"] for r in rows] == [CLASSES[i] for i in direct.argmax(1)]
+
+
+def test_classify_explicit_artifact_and_empty_input(tmp_path, _isolated):
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    inp.write_text("")
+    cli.main(["classify", "--input", str(inp), "--output", str(out), "--artifact", str(DEFAULT_ARTIFACT)])
+    assert out.exists() and _read(out) == []
+
+
+def test_classify_rejects_a_line_without_therapist(tmp_path):
+    from pydantic import ValidationError
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(json.dumps({"id": "x", "client": "hello"}) + "\n")
+    with pytest.raises(ValidationError):
+        cli.main(["classify", "--input", str(inp), "--output", str(tmp_path / "o.jsonl")])
+
+
+# --- summarize ----------------------------------------------------------------------------------
+def test_summarize_writes_contract_and_prints_metrics(tmp_path, clf, capsys):
+    out = tmp_path / "summaries.jsonl"
+    cli.main(["summarize", "--input", str(MINI), "--output", str(out), "--truth", str(TRUTH)])
+    captured = capsys.readouterr()
+    assert "summarized 6 sessions" in captured.err
+    metrics = json.loads(captured.out)
+    assert set(metrics) == {"threshold", "sessions", "accuracy", "precision", "recall"}
+    assert metrics["threshold"] == 0.6 and metrics["sessions"] == 6  # the default event threshold
+    assert all(0.0 <= metrics[k] <= 1.0 for k in ("accuracy", "precision", "recall"))
+
+    rows = _read(out)
+    sessions = _sessions()
+    assert [r["session_id"] for r in rows] == [s["session_id"] for s in sessions]  # one per session
+
+    # the same windowing + decision done by hand, with the classifier called directly
+    windowed, mds, probs = _direct_windowed(clf)
+    expected, i = {}, 0
+    for state, ms in windowed:
+        for md, p in zip(ms, probs[i:i + len(ms)]):
+            d = decide(dict(zip(CLASSES, map(float, p))), 0.6)
+            if d.is_homework:
+                expected[(state.session_id, md.turn)] = (d.category, d.confidence, md.therapist)
+        i += len(ms)
+
+    got = {}
+    for r in rows:
+        assert set(r) == SUMMARY_KEYS
+        assert r["homework_assigned"] == bool(r["assignments"])
+        assert r["categories"] == sorted({a["category"] for a in r["assignments"]})
+        assert [a["turn"] for a in r["assignments"]] == sorted(a["turn"] for a in r["assignments"])
+        for a in r["assignments"]:
+            assert set(a) == ASSIGNMENT_KEYS
+            assert a["category"] in HOMEWORK_CLASSES and 0.6 <= a["confidence"] <= 1.0
+            got[(r["session_id"], a["turn"])] = a
+    assert expected and set(got) == set(expected)
+    for key, a in got.items():
+        category, confidence, therapist = expected[key]
+        assert a["category"] == category
+        assert a["confidence"] == pytest.approx(confidence, abs=2e-5)
+        assert a["quote"] == therapist.text  # the therapist turn (short turns are quoted whole)
+        assert a["start_s"] == therapist.start_s
+
+    # the printed metrics are the session metrics of these summaries against the truth file
+    from training.metrics import session_metrics
+    truth = {d["session_id"]: d["homework"] for d in _read(TRUTH)}
+    assert {k: metrics[k] for k in ("sessions", "accuracy", "precision", "recall")} == \
+        session_metrics(truth, {r["session_id"]: r["homework_assigned"] for r in rows})
+
+
+def test_summarize_threshold_zero_flags_every_non_none_top_class(tmp_path, clf, capsys):
+    out = tmp_path / "s.jsonl"
+    cli.main(["summarize", "--input", str(MINI), "--output", str(out), "--threshold", "0"])
+    assert capsys.readouterr().out == ""  # no --truth, no metrics
+    windowed, mds, probs = _direct_windowed(clf)
+    flagged = {(m.session_id, m.turn) for m, p in zip(mds, probs) if CLASSES[int(p.argmax())] != "none"}
+    got = {(r["session_id"], a["turn"]) for r in _read(out) for a in r["assignments"]}
+    assert got == flagged
+
+
+# --- review --------------------------------------------------------------------------------------
+def test_review_writes_low_confidence_rows_sorted(tmp_path, clf, capsys):
+    out = tmp_path / "review.jsonl"
+    cli.main(["review", "--input", str(MINI), "--output", str(out), "--max-confidence", "0.99"])
+    _, mds, probs = _direct_windowed(clf)
+    tops = probs.max(1)
+    n_low = int((tops < 0.99).sum())
+    assert f"{n_low} of {len(mds)} microdialogues below confidence 0.99" in capsys.readouterr().err
+    rows = _read(out)
+    assert len(rows) == n_low >= 2
+    conf = [r["confidence"] for r in rows]
+    assert conf == sorted(conf)
+    assert conf == pytest.approx(sorted(np.round(tops[tops < 0.99], 4).tolist()), abs=2e-4)
+    by_turn = {(m.session_id, m.turn): m for m in mds}
+    for r in rows:
+        assert r["label"] is None  # for the expert to fill in
+        assert r["confidence"] < 0.99
+        assert r["predicted"] in CLASSES and r["predicted"] == max(r["scores"], key=r["scores"].get)
+        assert r["confidence"] == pytest.approx(max(r["scores"].values()), abs=2e-4)
+        md = by_turn[(r["session_id"], r["turn"])]
+        assert r["therapist"] == md.therapist.text
+        assert r["client"] == (md.client.text if md.client else None)
+        assert r["context"] == [{"speaker": t.speaker, "text": t.text} for t in md.context]
+
+
+def test_review_limit_keeps_the_least_confident(tmp_path):
+    full, top2 = tmp_path / "all.jsonl", tmp_path / "two.jsonl"
+    cli.main(["review", "--input", str(MINI), "--output", str(full), "--max-confidence", "0.99"])
+    cli.main(["review", "--input", str(MINI), "--output", str(top2), "--max-confidence", "0.99",
+              "--limit", "2"])
+    assert _read(top2) == _read(full)[:2]
+    nothing = tmp_path / "none.jsonl"
+    cli.main(["review", "--input", str(MINI), "--output", str(nothing), "--max-confidence", "0"])
+    assert _read(nothing) == []
