@@ -77,10 +77,11 @@ def cmd_classify(a, settings: Settings) -> None:
     print(f"classified {_write_jsonl(a.output, out)} microdialogues -> {a.output}", file=sys.stderr)
 
 
-def summarize_corpus_sessions(sessions: list[dict], classifier, threshold: float):
+def summarize_corpus_sessions(sessions: list[dict], classifier, threshold: float,
+                              settings: Settings | None = None):
     from .offline import summarize_windowed, windowed_sessions
     from .processor import window_config
-    windowed = list(windowed_sessions(sessions, window_config(Settings())))
+    windowed = list(windowed_sessions(sessions, window_config(settings or Settings())))
     all_mds = [m for _, mds in windowed for m in mds]
     probs = probs_for(classifier, all_mds)
     out, i = [], 0
@@ -93,7 +94,8 @@ def summarize_corpus_sessions(sessions: list[dict], classifier, threshold: float
 def cmd_summarize(a, settings: Settings) -> None:
     sessions = _read_jsonl(a.input)
     threshold = a.threshold if a.threshold is not None else settings.event_threshold
-    summaries = summarize_corpus_sessions(sessions, make_classifier(settings, a.triton_url, a.artifact), threshold)
+    summaries = summarize_corpus_sessions(sessions, make_classifier(settings, a.triton_url, a.artifact), threshold,
+                                          settings)
     rows = [{"session_id": s.session_id, "homework_assigned": s.homework_assigned, "categories": s.categories,
              "assignments": [{"turn": x.turn, "category": x.category, "confidence": x.confidence,
                               "start_s": x.start_s, "quote": x.quote} for x in s.assignments]}

@@ -180,9 +180,8 @@ def test_unlabeled_microdialogues_source_filter_and_gz_corpus(tmp_path):
     assert unlabeled_microdialogues(tmp_path, sources=["gamma"]) == []
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: training/data.py corpus_paths lists a corpus twice when both "
-                                       "sessions.jsonl and sessions.jsonl.gz exist (every unit duplicated)")
 def test_corpus_with_plain_and_gz_copy_is_read_once(tmp_path):
+    """Regression: a corpus stored both plain and gzipped was listed (and read) twice."""
     d = tmp_path / "corpora" / "mini"
     d.mkdir(parents=True)
     shutil.copy(MINI, d / "sessions.jsonl")

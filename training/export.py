@@ -78,7 +78,8 @@ def _build(ctx: Context, row: str, items, y, w, spec_common: dict, out: Path) ->
         with tempfile.TemporaryDirectory() as tmp:
             model.enc.model.save_pretrained(tmp)
             model.enc.tokenizer.save_pretrained(tmp)
-            spec = ModelSpec(views=views, pooling="mean", head_hidden=ctx.cfg.finetune.head_hidden,
+            spec = ModelSpec(views=views, pooling="mean", max_length=ctx.cfg.finetune.max_length,
+                             head_hidden=ctx.cfg.finetune.head_hidden,
                              dropout=ctx.cfg.finetune.dropout, **spec_common)
             return save_artifact(out, spec, model.head.cpu(), Path(tmp))
     raise SystemExit(f"row {row!r} is not an encoder row")

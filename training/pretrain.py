@@ -154,7 +154,7 @@ class MultitaskPretrainer:
                 loss = loss + self.cfg.nsp_weight * l_nsp
         self.optimizer.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.dae.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(list(self.dae.parameters()) + list(self.nsp.parameters()), 1.0)
         self.optimizer.step()
         self.step += 1
         return {"loss": float(loss.detach()), "tsdae": float(l_tsdae.detach()), "nsp": float(l_nsp.detach())}
