@@ -48,6 +48,20 @@ def histogram_mean(text: str, name: str) -> tuple[float, float]:
     return (total / count if count else float("nan")), count
 
 
+def histogram_quantiles(text: str, name: str, qs=(0.5, 0.99)) -> dict[str, float]:
+    """Upper bucket bounds holding each quantile of a worker histogram (worker-side view)."""
+    from prometheus_client.parser import text_string_to_metric_families
+    buckets = []
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == f"{name}_bucket":
+                buckets.append((float(s.labels["le"]), s.value))
+    buckets.sort()
+    total = buckets[-1][1] if buckets else 0
+    return {f"p{int(q * 100)}_le_ms": next((le * 1000 for le, c in buckets if c >= q * total), float("nan"))
+            for q in qs} if total else {}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sessions", type=int, default=200)
@@ -76,10 +90,12 @@ def main() -> None:
 
         def consume():
             from kafka import KafkaConsumer, TopicPartition
-            c = KafkaConsumer(consumer_timeout_ms=200, **settings.kafka_client_kwargs())
-            parts = [TopicPartition(settings.topics.homework_events, i)
-                     for i in c.partitions_for_topic(settings.topics.homework_events)]
+            c = KafkaConsumer(consumer_timeout_ms=200, auto_offset_reset="earliest",
+                              fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms,
+                              **settings.kafka_client_kwargs())
+            parts = [TopicPartition(settings.topics.homework_events, i) for i in range(settings.topic_partitions)]
             c.assign(parts)
+            c.seek_to_beginning(*parts)
             while not stop.is_set():
                 for msg in c:
                     events.append((time.time(), json.loads(msg.value)))
@@ -118,8 +134,14 @@ def main() -> None:
         "sessions": a.sessions, "duration_s": a.duration, "speed": a.speed, "messages": counts,
         "utterances_per_s": round(counts["utterance"] / wall, 1),
         "events": len(lat), "events_per_s": round(len(lat) / wall, 2),
+        "events_worker_metric": sum(float(line.split()[-1]) for line in metrics.splitlines()
+                                    if line.startswith("hwm_homework_events_total{")),
+        "microdialogues": sum(float(line.split()[-1]) for line in metrics.splitlines()
+                              if line.startswith("hwm_microdialogues_total ")),
         "latency_ms": {"p50": round(float(np.percentile(lat, 50)), 1), "p95": round(float(np.percentile(lat, 95)), 1),
                        "p99": round(float(np.percentile(lat, 99)), 1), "max": round(float(lat.max()), 1)} if len(lat) else None,
+        "worker_side_latency": histogram_quantiles(metrics, "hwm_utterance_to_event_seconds"),
+        "inbound_lag_kafka_to_worker": histogram_quantiles(metrics, "hwm_inbound_lag_seconds"),
         "worker_rss_mb": {"max": round(max(rss_samples), 1), "end": round(rss_samples[-1], 1)},
         "where_time_goes": {
             "classifier_call_ms_mean": round(cls_mean * 1000, 1), "classifier_calls": int(cls_n),

@@ -164,7 +164,9 @@ class LivePrinter:
         t = settings.topics
         self.consumer = KafkaConsumer(t.homework_events, t.session_summaries, t.dead_letter,
                                       auto_offset_reset="earliest", group_id=None,
-                                      consumer_timeout_ms=500, **settings.kafka_client_kwargs())
+                                      consumer_timeout_ms=500,
+                                      fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms,
+                                      **settings.kafka_client_kwargs())
         self.t, self.expect = t, expect_summaries
         self.summaries: list[dict] = []
         self.events: list[dict] = []

@@ -19,3 +19,6 @@ LATENCY = Histogram("hwm_utterance_to_event_seconds",
                     "From the utterance that completed a microdialogue to its event being emitted",
                     buckets=(.01, .025, .05, .075, .1, .15, .2, .25, .3, .4, .5, .75, 1, 2, 5))
 ACTIVE_SESSIONS = Gauge("hwm_active_sessions", "Sessions open on this worker")
+INBOUND_LAG = Histogram("hwm_inbound_lag_seconds",
+                        "From the producer's Kafka timestamp to the worker starting on the record",
+                        buckets=(.005, .01, .025, .05, .1, .2, .3, .5, .75, 1, 2, 5))

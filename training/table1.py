@@ -342,7 +342,12 @@ def render_markdown(ctx: Context, results: dict[str, dict], command: str, sweep:
              f"(homework = any microdialogue whose top class is not `none` with p ≥ {ctx.cfg.threshold} in the table).",
              "- F1 columns are pooled over all out-of-fold predictions; `macro ± sd` is the mean and "
              "standard deviation of per-fold macro-F1. Probabilities are temperature-scaled on the "
-             "out-of-fold logits (T, ECE after scaling).", "",
+             "out-of-fold logits (T, ECE after scaling).",
+             "- Provenance: each row's out-of-fold logits are cached in `training/results/<row>.json`; "
+             "this command reuses them (`--recompute` redoes a row). Rows whose `where` says `cuda` ran on "
+             "an NVIDIA H100 through `bash training/gpu_run.sh` (TSDAE pretraining: 1,500 steps × 64 "
+             "microdialogues, all 21,275 unlabeled microdialogues of every corpus; unlabeled text of "
+             "evaluation sessions is included, their labels are not).", "",
              "| model | practice | take_action | journal | learn | none | macro-F1 | macro ± sd (folds) "
              "| homework-vs-none F1 | session acc | session P | session R | T | ECE | where |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -43,7 +43,8 @@ def live_stack(tmp_path_factory) -> LiveStack:
 def consume(settings: Settings, topics: list[str], until, timeout_s: float) -> dict[str, list[dict]]:
     """Read topics from the beginning (no consumer group) until ``until(records)`` or the timeout."""
     from kafka import KafkaConsumer, TopicPartition
-    consumer = KafkaConsumer(consumer_timeout_ms=300, **settings.kafka_client_kwargs())
+    consumer = KafkaConsumer(consumer_timeout_ms=300, fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms,
+                             **settings.kafka_client_kwargs())
     parts = [TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()]
     consumer.assign(parts)
     consumer.seek_to_beginning(*parts)
