@@ -113,9 +113,11 @@ def create_app(settings: Settings, classifier: Classifier | None = None,
     @app.timer(interval=settings.silence_check_interval_s)
     async def silence_timer():
         now = clock()
-        states = {k: SessionState.from_json(v) for k, v in list(sessions.items()) if v}
-        metrics.ACTIVE_SESSIONS.set(sum(1 for s in states.values() if not s.ended))
-        for sid in [k for k in silence_sent if k not in states or states[k].ended]:
+        # Ended sessions keep only a tombstone; skip them before parsing.
+        states = {k: SessionState.from_json(v) for k, v in list(sessions.items())
+                  if v and not v.get("ended")}
+        metrics.ACTIVE_SESSIONS.set(len(states))
+        for sid in [k for k in silence_sent if k not in states]:
             del silence_sent[sid]
         for sid in silence_checks_due(states, now, settings.silence_flush_s, silence_sent):
             silence_sent[sid] = states[sid].last_activity_at

@@ -19,7 +19,6 @@ import asyncio
 import json
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -49,7 +48,8 @@ def make_classifier(settings: Settings, triton_url: str | None, artifact: Path |
     return InProcessClassifier(artifact or settings.artifact_dir)
 
 
-def probs_for(classifier, mds) -> "np.ndarray":  # noqa: F821
+def probs_for(classifier, mds):
+    """Run an async classifier once from synchronous CLI code: [n, 5] probabilities."""
     async def run():
         await classifier.start()
         try:
@@ -177,6 +177,8 @@ class LivePrinter:
     def run(self) -> None:
         while not self.stop.is_set() and not self.done.is_set():
             for msg in self.consumer:
+                if self.stop.is_set():
+                    break
                 d = json.loads(msg.value)
                 if msg.topic == self.t.homework_events:
                     self.events.append(d)
@@ -204,6 +206,7 @@ def cmd_demo(a, settings: Settings) -> None:
     from producers.replay import demo_sessions_dir, make_producer, read_sessions, replay, schedule
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("deploy").setLevel(logging.INFO)
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)  # its reconnect chatter at shutdown
     run_dir = settings.run_dir / "demo"
     log_dir = run_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -211,6 +214,7 @@ def cmd_demo(a, settings: Settings) -> None:
     ports = Ports(a.kafka_port, a.triton_port, a.triton_port + 1, a.triton_port + 2, a.metrics_port)
     sessions = read_sessions(a.input or [demo_sessions_dir()])
     print(f"homework-monitor demo: {len(sessions)} sessions, speed ×{a.speed}; logs in {log_dir}")
+    printer = None
     with ServiceStack() as stack:
         try:
             settings = start_broker(stack, settings, ports, log_dir)
@@ -232,6 +236,10 @@ def cmd_demo(a, settings: Settings) -> None:
                   f"({hw} with homework), {printer.dead} dead letters. Stopping services.")
         except KeyboardInterrupt:
             print("\ninterrupted: stopping services")
+        finally:
+            if printer is not None:  # stop printing before the broker goes away
+                printer.stop.set()
+                printer.done.set()
 
 
 def cmd_passthrough(module: str):

@@ -34,7 +34,7 @@ from .data import (LabeledData, corpus_paths, load_labeled_data, read_jsonl,
                    session_folds, unlabeled_microdialogues)
 from .head import HeadConfig, expected_calibration_error, fit_temperature, head_logits, softmax, train_head
 from .metrics import classification_metrics, session_metrics
-from .model import BASE_ENCODER, Encoder, Example, base_encoder_path
+from .model import Encoder, Example, base_encoder_path
 from .pretrain import CONFIGS as PRETRAIN_CONFIGS, PretrainConfig, pretrain
 from .finetune import FinetuneConfig, finetune, finetuned_logits
 
