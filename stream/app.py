@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+from collections import Counter
 import time
 import weakref
 
@@ -108,7 +109,7 @@ def create_app(settings: Settings, classifier: Classifier | None = None,
             _observe(result)
             if result.dead_letters:
                 log.warning("dead-lettered %d message(s): %s", len(result.dead_letters),
-                            dict((d.reason, 1) for d in result.dead_letters))
+                            dict(Counter(d.reason for d in result.dead_letters)))
 
     @app.timer(interval=settings.silence_check_interval_s)
     async def silence_timer():

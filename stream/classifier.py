@@ -49,6 +49,7 @@ class TritonClassifier:
         self.model_version = f"{settings.triton_model}/1"
         self._client = None
         self._sem = asyncio.Semaphore(settings.triton_max_inflight)
+        self._ready = asyncio.Event()  # the agent may get records before start() has finished
         self.batch = settings.triton_max_batch
 
     async def start(self) -> None:
@@ -73,6 +74,7 @@ class TritonClassifier:
         versions = (await self._client.get_model_metadata(self.s.triton_model, as_json=True)).get("versions")
         if versions:
             self.model_version = f"{self.s.triton_model}/{max(versions, key=int)}"
+        self._ready.set()
 
     async def _infer_slice(self, items: Sequence[Microdialogue]) -> np.ndarray:
         import tritonclient.grpc.aio as grpcclient
@@ -117,6 +119,7 @@ class TritonClassifier:
     async def classify(self, items: Sequence[Microdialogue]) -> np.ndarray:
         if not items:
             return np.zeros((0, 5), dtype=np.float32)
+        await self._ready.wait()
         slices = [items[i:i + self.batch] for i in range(0, len(items), self.batch)]
         parts = await asyncio.gather(*(self._infer_slice(s) for s in slices))
         return np.concatenate(parts, axis=0)
