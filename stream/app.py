@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections import Counter
 import time
 import weakref
+from collections import Counter
 
 import faust
 from faust.streams import _current_event

@@ -79,16 +79,11 @@ def cmd_classify(a, settings: Settings) -> None:
 
 def summarize_corpus_sessions(sessions: list[dict], classifier, threshold: float,
                               settings: Settings | None = None):
-    from .offline import summarize_windowed, windowed_sessions
+    from .offline import summarize_all, windowed_sessions
     from .processor import window_config
     windowed = list(windowed_sessions(sessions, window_config(settings or Settings())))
-    all_mds = [m for _, mds in windowed for m in mds]
-    probs = probs_for(classifier, all_mds)
-    out, i = [], 0
-    for state, mds in windowed:
-        out.append(summarize_windowed(state, mds, probs[i:i + len(mds)], threshold, classifier.model_version))
-        i += len(mds)
-    return out
+    probs = probs_for(classifier, [m for _, mds in windowed for m in mds])
+    return summarize_all(windowed, probs, threshold, classifier.model_version)
 
 
 def cmd_summarize(a, settings: Settings) -> None:

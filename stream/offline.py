@@ -1,20 +1,18 @@
 """Offline path: the same windowing and aggregation as the worker, over whole sessions.
 
-Offline equals online: ``summarize_sessions`` runs ``window_session`` (the worker's state machine),
-``decide``, ``homework_event``/``record_assignment`` and ``session_summary``.
+Offline equals online: ``windowed_sessions`` + ``summarize_all`` run ``window_session`` (the
+worker's state machine), ``decide``, ``homework_event``/``record_assignment`` and ``session_summary``.
 """
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
 from .aggregation import decide, homework_event, record_assignment, session_summary
 from .schemas import CLASSES, SessionSummary, Utterance
 from .windowing import Microdialogue, WindowConfig, window_session
-
-ProbsFn = Callable[[Sequence[Microdialogue]], np.ndarray]
 
 
 def session_utterances(session: dict) -> list[Utterance]:
@@ -47,9 +45,12 @@ def summarize_windowed(state, mds: Sequence[Microdialogue], probs: np.ndarray, t
     return session_summary(state, model_version, now)
 
 
-def summarize_sessions(sessions: Iterable[dict], probs_fn: ProbsFn, threshold: float,
-                       model_version: str, cfg: WindowConfig = WindowConfig()) -> list[SessionSummary]:
-    out = []
-    for state, mds in windowed_sessions(sessions, cfg):
-        out.append(summarize_windowed(state, mds, probs_fn(mds), threshold, model_version))
+def summarize_all(windowed: Sequence, probs: np.ndarray, threshold: float, model_version: str,
+                  now: float | None = None) -> list[SessionSummary]:
+    """Summaries of windowed sessions, given the probabilities of all their microdialogues in order
+    (one classifier call for the lot, as the worker batches across sessions)."""
+    out, i = [], 0
+    for state, mds in windowed:
+        out.append(summarize_windowed(state, mds, probs[i:i + len(mds)], threshold, model_version, now))
+        i += len(mds)
     return out

@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from stream.config import REPO_ROOT, default_data_dir
-from stream.offline import summarize_windowed, windowed_sessions
+from stream.offline import summarize_all, windowed_sessions
 from stream.schemas import CLASSES
 from stream.windowing import WindowConfig
 
@@ -315,12 +315,8 @@ def evaluate_row(ctx: Context, res: RowResult, threshold: float) -> dict:
 
 
 def session_level(ctx: Context, sess_probs: np.ndarray, threshold: float) -> dict:
-    predicted, i = {}, 0
-    for state, mds in ctx.sessions:
-        summary = summarize_windowed(state, mds, sess_probs[i:i + len(mds)], threshold, "table1", 0.0)
-        predicted[state.session_id] = summary.homework_assigned
-        i += len(mds)
-    return session_metrics(ctx.truth, predicted)
+    summaries = summarize_all(ctx.sessions, sess_probs, threshold, "table1", 0.0)
+    return session_metrics(ctx.truth, {s.session_id: s.homework_assigned for s in summaries})
 
 
 def threshold_sweep(ctx: Context, res: RowResult, T: float) -> list[dict]:
