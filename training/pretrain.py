@@ -97,8 +97,9 @@ class MultitaskPretrainer:
         self.model = SentenceTransformer(modules=[word, pooling], device=device)
         self.dae = DenoisingAutoEncoderLoss(self.model, tie_encoder_decoder=True).to(device)
         self.nsp = NSPHead(_embedding_dim(word)).to(device)
-        params = {id(p): p for p in list(self.dae.parameters()) + list(self.nsp.parameters())}
-        self.optimizer = torch.optim.AdamW(params.values(), lr=cfg.lr)
+        # The tied decoder shares the encoder's tensors: dedupe them once, for the optimizer and clipping.
+        self.params = list({id(p): p for p in list(self.dae.parameters()) + list(self.nsp.parameters())}.values())
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr)
         self.step = 0
         self.rng = random.Random(cfg.seed)
         torch.manual_seed(cfg.seed)
@@ -154,7 +155,7 @@ class MultitaskPretrainer:
                 loss = loss + self.cfg.nsp_weight * l_nsp
         self.optimizer.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(list(self.dae.parameters()) + list(self.nsp.parameters()), 1.0)
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
         self.optimizer.step()
         self.step += 1
         return {"loss": float(loss.detach()), "tsdae": float(l_tsdae.detach()), "nsp": float(l_nsp.detach())}
