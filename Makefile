@@ -15,16 +15,16 @@ demo: $(PY)
 	$(VENV)/bin/homework-monitor demo
 
 test: $(PY)
-	$(PY) -m pytest -p no:cacheprovider -W ignore::DeprecationWarning tests
+	$(PY) -P -m pytest -p no:cacheprovider -W ignore::DeprecationWarning tests
 
 test-unit: $(PY)
-	$(PY) -m pytest -p no:cacheprovider -W ignore::DeprecationWarning tests --ignore=tests/integration
+	$(PY) -P -m pytest -p no:cacheprovider -W ignore::DeprecationWarning tests --ignore=tests/integration
 
 test-integration: $(PY)
-	$(PY) -m pytest -p no:cacheprovider -W ignore::DeprecationWarning tests/integration
+	$(PY) -P -m pytest -p no:cacheprovider -W ignore::DeprecationWarning tests/integration
 
 table1: $(PY)
-	$(PY) -m training.table1 --config full
+	$(PY) -m homework_monitor.training.table1 --config full
 
 bench: $(PY)
 	$(PY) benchmarks/stream_latency.py --sessions 200

@@ -18,8 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from stream.config import DEFAULT_ARTIFACT  # noqa: E402
-from training.model import Example, HomeworkClassifier  # noqa: E402
+from homework_monitor.model import Example, HomeworkClassifier  # noqa: E402
+from homework_monitor.stream.config import DEFAULT_ARTIFACT  # noqa: E402
 
 WORDS = ("so this week maybe you could try the breathing exercise when you notice the worry coming "
          "up and write down what happened and how strong the feeling was okay").split()

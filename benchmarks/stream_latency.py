@@ -23,10 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-from deploy.local_stack import Ports, start_broker, start_triton, start_worker  # noqa: E402
-from deploy.services import ServiceStack  # noqa: E402
-from producers.replay import demo_sessions_dir, make_producer, read_sessions, replay, schedule  # noqa: E402
-from stream.config import Settings  # noqa: E402
+from homework_monitor.deploy.local_stack import Ports, start_broker, start_triton, start_worker  # noqa: E402
+from homework_monitor.deploy.services import ServiceStack  # noqa: E402
+from homework_monitor.producers.replay import demo_sessions_dir, make_producer, read_sessions, replay, schedule  # noqa: E402
+from homework_monitor.stream.config import Settings  # noqa: E402
 
 
 def rss_mb(pid: int) -> float:

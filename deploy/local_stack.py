@@ -11,13 +11,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from stream.config import REPO_ROOT, Settings
+from homework_monitor.stream.config import Settings
 
 from .broker import create_topics, tansu_command, wait_for_port
 from .services import ServiceStack, free_port
 from .triton_runtime import prepare_triton_dist, tritonserver_command, wait_until_ready
-
-MODEL_REPOSITORY = REPO_ROOT / "triton_models"
 
 
 @dataclass(frozen=True)
@@ -29,7 +27,7 @@ class Ports:
     worker_metrics: int = 9100
 
     @classmethod
-    def free(cls) -> "Ports":
+    def free(cls) -> Ports:
         return cls(*(free_port() for _ in range(5)))
 
 
@@ -53,11 +51,17 @@ def worker_env(settings: Settings, worker_id: str, metrics_port: int) -> dict[st
     env = dict(os.environ)
     env.update({"HWM_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "HWM_TRITON_URL": settings.triton_url,
                 "HWM_APP_ID": settings.app_id, "HWM_WORKER_ID": worker_id,
-                "HWM_METRICS_PORT": str(metrics_port), "HWM_RUN_DIR": str(settings.run_dir),
+                "HWM_METRICS_PORT": str(metrics_port), "HWM_RUN_DIR": str(settings.run_dir.resolve()),
                 "HWM_EVENT_THRESHOLD": str(settings.event_threshold),
                 "HWM_SILENCE_FLUSH_S": str(settings.silence_flush_s),
                 "HWM_TOPIC_PARTITIONS": str(settings.topic_partitions), "PYTHONUNBUFFERED": "1"})
     return env
+
+
+def _made(path: Path) -> Path:
+    path = path.resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def start_broker(stack: ServiceStack, settings: Settings, ports: Ports, log_dir: Path) -> Settings:
@@ -69,11 +73,12 @@ def start_broker(stack: ServiceStack, settings: Settings, ports: Ports, log_dir:
 
 
 def start_triton(stack: ServiceStack, settings: Settings, ports: Ports, log_dir: Path) -> Settings:
-    dist = prepare_triton_dist(REPO_ROOT)
-    cmd = tritonserver_command(dist, MODEL_REPOSITORY, ports.triton_http, ports.triton_grpc, ports.triton_metrics)
+    dist = prepare_triton_dist(settings.triton_dist_dir)
+    cmd = tritonserver_command(dist, settings.model_repository, ports.triton_http, ports.triton_grpc,
+                               ports.triton_metrics)
     log = log_dir / "tritonserver.log"
     stack.add("tritonserver", cmd, dist.env, log,
-              lambda: wait_until_ready(ports.triton_http, 120, log_path=log), cwd=REPO_ROOT)
+              lambda: wait_until_ready(ports.triton_http, 120, log_path=log), cwd=_made(settings.run_dir))
     return settings.model_copy(update={"triton_url": f"127.0.0.1:{ports.triton_grpc}"})
 
 
@@ -81,8 +86,9 @@ def start_worker(stack: ServiceStack, settings: Settings, log_dir: Path, worker_
                  metrics_port: int | None = None) -> int:
     port = metrics_port or free_port()
     log = log_dir / f"{worker_id}.log"
-    stack.add(worker_id, [sys.executable, "-m", "stream.cli", "worker"], worker_env(settings, worker_id, port),
-              log, lambda: wait_for_log(log, "classifier ready", 90), cwd=REPO_ROOT)
+    stack.add(worker_id, [sys.executable, "-m", "homework_monitor.cli", "worker"],
+              worker_env(settings, worker_id, port), log, lambda: wait_for_log(log, "classifier ready", 90),
+              cwd=_made(settings.run_dir))
     # The group join completes about half a session timeout after start (tansu): wait for assignment.
     wait_for_log(log, "partitions assigned", 60)
     return port

@@ -2,9 +2,9 @@
 
 PyTriton normally drives this binary itself; here we only borrow the binary, its backends and its
 bundled shared libraries, and start ``tritonserver`` directly on our own model repository
-(``triton_models/``) with the Python backend.
+(``homework_monitor.triton_models``, shipped in the wheel) with the Python backend.
 
-Layout built by :func:`prepare_triton_dist` (idempotent, under ``<root>/var/triton-dist``)::
+Layout built by :func:`prepare_triton_dist` (idempotent, in ``HWM_TRITON_DIST_DIR``, default ``var/triton-dist``)::
 
     var/triton-dist/
       pytriton/tritonserver/            copy of <site-packages>/pytriton/tritonserver (without the stubs)
@@ -45,7 +45,7 @@ Gotchas found (tritonserver 2.51 from nvidia-pytriton 0.7.0, Python 3.11.7 from 
               sys.path.insert(0, _p)
 
   Also, ``''`` (the current directory) is on the stub's ``sys.path`` and the stub inherits the
-  server's cwd, so starting tritonserver with ``cwd=REPO_ROOT`` makes repo packages importable too.
+  server's cwd.
 * Without pyenv's LIBDIR on ``LD_LIBRARY_PATH`` the stub loads Debian's libpython3.11 and then
   fails on pyenv's extension modules (``_ssl...so: undefined symbol: _PyModule_Add``).
 * The model's own folder (``<repo>/<model>/<version>/``) is put on ``sys.path`` by the stub,
@@ -86,7 +86,12 @@ __all__ = [
     "find_libpython_dir",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+import homework_monitor
+from homework_monitor.contract import MODEL_NAME
+
+# The folder that holds the ``homework_monitor`` package (the source checkout, or site-packages): on
+# the stub's PYTHONPATH so model.py imports the package even where the venv's .pth files are not read.
+PACKAGE_PARENT = Path(homework_monitor.__file__).resolve().parent.parent
 _MARKER = ".prepared"
 
 
@@ -134,7 +139,8 @@ def find_libpython_dir() -> Path:
 
 
 def _marker_text(server_dir: Path, version: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version as dist_version  # noqa: PLC0415
+    from importlib.metadata import PackageNotFoundError  # noqa: PLC0415
+    from importlib.metadata import version as dist_version
 
     try:
         pytriton_version = dist_version("nvidia-pytriton")
@@ -150,17 +156,16 @@ def _is_prepared(marker: Path, expected: str) -> bool:
         return False
 
 
-def prepare_triton_dist(root: Path, *, pythonpath: Sequence[Path] = (REPO_ROOT,)) -> TritonDist:
-    """Prepare ``<root>/var/triton-dist`` (skipped when already prepared) and return how to run it.
+def prepare_triton_dist(dist_dir: Path, *, pythonpath: Sequence[Path] = (PACKAGE_PARENT,)) -> TritonDist:
+    """Prepare ``dist_dir`` (skipped when already prepared) and return how to run it.
 
-    ``pythonpath`` entries (default: the repository root) are prepended to ``PYTHONPATH`` in
-    ``env``. The stub's isolated interpreter does NOT apply it by itself: a model.py puts these
-    entries on ``sys.path`` (snippet in the module docstring), or the server runs with
-    ``cwd=REPO_ROOT``, or the repo is ``pip install -e .``-ed into the venv.
+    ``pythonpath`` entries (default: the folder holding ``homework_monitor``) are prepended to
+    ``PYTHONPATH`` in ``env``. The stub's isolated interpreter does NOT apply it by itself: model.py
+    puts these entries on ``sys.path`` (snippet in the module docstring).
     """
     server_src, libs_src = _pytriton_paths()
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    dist = (Path(root) / "var" / "triton-dist").resolve()
+    dist = Path(dist_dir).resolve()
     server_dir = dist / "pytriton" / "tritonserver"
     marker = dist / _MARKER
     expected = _marker_text(server_src, version)
@@ -232,6 +237,9 @@ def tritonserver_command(
         f"--backend-directory={dist.backend_dir}",
         f"--cache-directory={dist.backend_dir.parent / 'caches'}",
         "--disable-auto-complete-config",
+        # Load only our model: the repository is also a Python package (__init__.py, __pycache__).
+        "--model-control-mode=explicit",
+        f"--load-model={MODEL_NAME}",
         f"--http-port={http_port}",
         f"--grpc-port={grpc_port}",
         f"--metrics-port={metrics_port}",

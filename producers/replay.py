@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
-from stream.offline import session_utterances
-from stream.schemas import SessionEnd, SessionStart
+from homework_monitor.stream.offline import session_utterances
+from homework_monitor.stream.schemas import SessionEnd, SessionStart
 
 WORDS_PER_S = 150 / 60
 TURN_GAP_S = 1.0

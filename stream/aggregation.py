@@ -1,8 +1,8 @@
 """From class probabilities to homework events and session summaries. Pure and deterministic."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Mapping
 
 from .schemas import NONE, Assignment, HomeworkEvent, SessionSummary, stable_id
 from .windowing import Microdialogue, SessionState

@@ -1,4 +1,4 @@
-"""The Faust worker: a thin edge around ``stream.processor``.
+"""The Faust worker: a thin edge around ``homework_monitor.stream.processor``.
 
 utterances (keyed by session_id) -> [validate | window | classify (Triton) | decide] ->
 homework-events, session-summaries, dead-letter; per-session state in the ``sessions`` Table
@@ -15,10 +15,15 @@ from collections import Counter
 
 import faust
 from faust.streams import _current_event
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
+from faust.transport.drivers.aiokafka import Transport as AIOKafkaTransport
 from prometheus_client import start_http_server
 
+from homework_monitor.contract import Classifier
+
 from . import metrics
-from .classifier import Classifier, TritonClassifier
+from .classifiers import TritonClassifier
 from .config import Settings
 from .processor import InboundRecord, process_batch, silence_checks_due
 from .schemas import SilenceCheck
@@ -31,27 +36,45 @@ def _dump(model) -> bytes:
     return model.model_dump_json().encode()
 
 
-def _set_consumer_fetch_max_wait(ms: int) -> None:
-    """faust-streaming hard-codes aiokafka's fetch_max_wait_ms=1500; against a broker that does not
-    wake waiting fetches (tansu) that is up to 1.5 s of added latency per message. Override it for the
-    consumers this (worker) process creates."""
-    import aiokafka
-    base = getattr(aiokafka.AIOKafkaConsumer, "_hwm_base", aiokafka.AIOKafkaConsumer)
+class _FetchWaitConsumerThread(AIOKafkaConsumerThread):
+    """faust-streaming hard-codes aiokafka's ``fetch_max_wait_ms=1500``; against a broker that does
+    not wake waiting fetches (tansu) that adds up to 1.5 s per message. This app's consumers only take
+    the configured wait (aiokafka reads the attribute when the consumer starts)."""
+    fetch_max_wait_ms = 1500
 
-    class FetchWaitConsumer(base):
-        _hwm_base = base
+    def _create_worker_consumer(self, transport):
+        consumer = super()._create_worker_consumer(transport)
+        consumer._fetch_max_wait_ms = self.fetch_max_wait_ms
+        return consumer
 
-        def __init__(self, *args, **kwargs):
-            kwargs["fetch_max_wait_ms"] = ms
-            super().__init__(*args, **kwargs)
 
-    aiokafka.AIOKafkaConsumer = FetchWaitConsumer
+def _transport_class(fetch_max_wait_ms: int) -> type[AIOKafkaTransport]:
+    """A transport whose consumers use ``fetch_max_wait_ms``: scoped to one app, nothing patched."""
+    thread_cls = type("FetchWaitConsumerThread", (_FetchWaitConsumerThread,),
+                      {"fetch_max_wait_ms": fetch_max_wait_ms})
+
+    class FetchWaitConsumer(AIOKafkaConsumer):
+        def _new_consumer_thread(self):
+            return thread_cls(self, loop=self.loop, beacon=self.beacon)
+
+    return type("FetchWaitTransport", (AIOKafkaTransport,), {"Consumer": FetchWaitConsumer})
+
+
+class MonitorApp(faust.App):
+    """faust.App whose consumer transport honours ``Settings.consumer_fetch_max_wait_ms``."""
+
+    def __init__(self, *args, fetch_max_wait_ms: int, **kwargs):
+        self._transport_cls = _transport_class(fetch_max_wait_ms)
+        super().__init__(*args, **kwargs)
+
+    def _new_transport(self):
+        return self._transport_cls(self.conf.broker_consumer, self)
 
 
 def create_app(settings: Settings, classifier: Classifier | None = None,
-               clock=time.time) -> faust.App:
+               clock=time.time, serve_metrics: bool = True) -> faust.App:
+    """The worker app; ``serve_metrics`` starts the Prometheus endpoint when the worker starts."""
     t = settings.topics
-    _set_consumer_fetch_max_wait(settings.consumer_fetch_max_wait_ms)
     broker_credentials = None
     if settings.kafka_security_protocol.startswith("SASL"):
         broker_credentials = faust.SASLCredentials(
@@ -59,8 +82,8 @@ def create_app(settings: Settings, classifier: Classifier | None = None,
             password=settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else None,
             mechanism=settings.kafka_sasl_mechanism,
             ssl_context=ssl.create_default_context() if settings.kafka_security_protocol == "SASL_SSL" else None)
-    app = faust.App(
-        settings.app_id, broker=[f"kafka://{b}" for b in settings.kafka_bootstrap.split(",")],
+    app = MonitorApp(
+        settings.app_id, fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms, broker=[f"kafka://{b}" for b in settings.kafka_bootstrap.split(",")],
         broker_credentials=broker_credentials, store="memory://", value_serializer="raw",
         topic_partitions=settings.topic_partitions, table_standby_replicas=0,
         broker_session_timeout=settings.broker_session_timeout_s,
@@ -124,13 +147,15 @@ def create_app(settings: Settings, classifier: Classifier | None = None,
             silence_sent[sid] = states[sid].last_activity_at
             await utterances.send(key=sid.encode(), value=_dump(SilenceCheck(session_id=sid, at=now)))
 
-    @app.on_partitions_assigned.connect
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # faust's signal typing
     async def on_assigned(app, assigned, **kwargs):  # noqa: ARG001 - faust signal signature
         mine = sorted(tp.partition for tp in assigned if tp.topic == t.utterances)
         log.info("partitions assigned: %s %s", t.utterances, mine)
 
     @app.task
     async def on_start():
+        if serve_metrics:
+            start_http_server(settings.metrics_port)
         await classifier.start()
         log.info("classifier ready: %s", classifier.model_version)
 
@@ -153,13 +178,17 @@ def _observe(result) -> None:
 
 
 def run_worker(settings: Settings) -> None:
-    """Entry point of ``homework-monitor worker``: metrics server + Faust worker, no web UI."""
+    """Entry point of ``homework-monitor worker``: the Faust worker (metrics on its own port, no web UI)."""
     logging.basicConfig(level=settings.log_level,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    start_http_server(settings.metrics_port)
-    app = create_app(settings)
+    worker_app = create_app(settings)
     from faust import Worker
-    worker = Worker(app, loglevel=settings.log_level, quiet=True)
+    worker = Worker(worker_app, loglevel=settings.log_level, quiet=True)
     log.info("worker %s: broker %s, triton %s, metrics :%d", settings.worker_id,
              settings.kafka_bootstrap, settings.triton_url, settings.metrics_port)
     worker.execute_from_commandline()
+
+
+# The module-level app, as Faust users expect: ``faust -A homework_monitor.stream.app worker -l info``
+# runs the same worker as ``homework-monitor worker`` (settings from HWM_* variables).
+app = create_app(Settings())

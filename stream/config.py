@@ -2,23 +2,28 @@
 
 Every field can be set from the environment with the ``HWM_`` prefix (``HWM_KAFKA_BOOTSTRAP``,
 ``HWM_TRITON_URL``...) or a ``.env`` file. Secrets are ``SecretStr`` so they never print.
+Defaults never depend on where the source tree is: paths are relative to the working directory
+(``var``, ``../shared/data``) or come from the installed package's resources (the served model).
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_ARTIFACT = REPO_ROOT / "triton_models" / "homework_classifier" / "1" / "artifact"
+from homework_monitor.contract import MODEL_NAME
+from homework_monitor.triton_models import MODEL_REPOSITORY, SERVED_ARTIFACT
+
+# Shared corpora and labels live outside the repo (licences forbid copying them in): by default the
+# ``shared/data`` beside the project checkout, i.e. ``../shared/data`` from where commands run.
+DEFAULT_DATA_DIR = Path("..") / "shared" / "data"
 
 
 def default_data_dir() -> Path:
-    """Shared corpora and labels live outside the repo (licences forbid copying them in)."""
-    return Path(os.environ.get("HWM_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
+    """``HWM_DATA_DIR`` or ``../shared/data`` (for code that reads data without a full Settings)."""
+    return Settings().data_dir
 
 
 class TopicNames(BaseSettings):
@@ -51,7 +56,7 @@ class Settings(BaseSettings):
 
     # Classifier service.
     triton_url: str = "127.0.0.1:8001"
-    triton_model: str = "homework_classifier"
+    triton_model: str = MODEL_NAME
     # CPU Triton needs ~1 s for a 32-microdialogue batch; a timeout retries the same slice.
     triton_timeout_s: float = Field(10.0, gt=0)
     triton_retries: int = Field(3, ge=0)  # for rejected requests; timeouts retry until served
@@ -73,9 +78,12 @@ class Settings(BaseSettings):
 
     metrics_port: int = 9100
     log_level: str = "INFO"
-    artifact_dir: Path = DEFAULT_ARTIFACT
-    data_dir: Path = Field(default_factory=default_data_dir)
-    run_dir: Path = REPO_ROOT / "var"
+    # The served model inside the installed package; point elsewhere to classify with another artifact.
+    artifact_dir: Path = SERVED_ARTIFACT
+    model_repository: Path = MODEL_REPOSITORY  # what the local stack's tritonserver serves
+    data_dir: Path = DEFAULT_DATA_DIR
+    run_dir: Path = Path("var")
+    triton_dist_dir: Path = Path("var") / "triton-dist"  # local tritonserver, prepared once and reused
 
     def kafka_client_kwargs(self) -> dict:
         """Connection options in kafka-python's spelling (producers, admin, test consumers)."""

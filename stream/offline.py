@@ -6,7 +6,7 @@ worker's state machine), ``decide``, ``homework_event``/``record_assignment`` an
 from __future__ import annotations
 
 import time
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -54,3 +54,13 @@ def summarize_all(windowed: Sequence, probs: np.ndarray, threshold: float, model
         out.append(summarize_windowed(state, mds, probs[i:i + len(mds)], threshold, model_version, now))
         i += len(mds)
     return out
+
+
+def session_metrics(truth: dict[str, bool | None], predicted: dict[str, bool]) -> dict[str, float]:
+    """Session-level accuracy/precision/recall; sessions whose truth is None (annotators split) are skipped."""
+    ids = [s for s, v in truth.items() if v is not None and s in predicted]
+    t = np.array([bool(truth[s]) for s in ids], dtype=bool)
+    p = np.array([bool(predicted[s]) for s in ids], dtype=bool)
+    tp, fp, fn = int((t & p).sum()), int((~t & p).sum()), int((t & ~p).sum())
+    return {"sessions": len(ids), "accuracy": float((t == p).mean()) if ids else 0.0,
+            "precision": tp / (tp + fp) if tp + fp else 0.0, "recall": tp / (tp + fn) if tp + fn else 0.0}

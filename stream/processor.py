@@ -8,11 +8,12 @@ classified in one call; summaries come after their session's last microdialogues
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
+
+from homework_monitor.contract import Classifier
 
 from .aggregation import decide, homework_event, record_assignment, session_summary
-from .classifier import Classifier
 from .config import Settings
 from .schemas import CLASSES, DeadLetter, HomeworkEvent, SessionSummary
 from .validation import Err, parse_inbound
@@ -80,7 +81,7 @@ async def process_batch(records: Sequence[InboundRecord], load_state: Callable[[
             ended.append(sid)
     out.n_microdialogues = len(pending)
     if pending:
-        probs = await classifier.classify(pending)
+        probs = await classifier.classify([md.example() for md in pending])
         emitted_at = clock()
         for md, p in zip(pending, probs):
             scores = dict(zip(CLASSES, map(float, p)))

@@ -1,22 +1,21 @@
 """The one schema module: wire messages (JSON on Kafka), CLI records and the classes.
 
 Every message on the ``utterances`` topic carries ``type`` so that utterances, session markers and the
-worker's own silence checks share one ordered, per-session partition. ``python -m stream.schemas DIR``
+worker's own silence checks share one ordered, per-session partition. ``homework-monitor export-schemas``
 exports JSON Schema for each message (committed under ``schemas/``).
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-CLASSES: tuple[str, ...] = ("practice", "take_action", "journal", "learn", "none")
-HOMEWORK_CLASSES: tuple[str, ...] = CLASSES[:-1]
-NONE = "none"
+from homework_monitor.contract import CLASSES, HOMEWORK_CLASSES, NONE
+
+__all__ = ["CLASSES", "HOMEWORK_CLASSES", "NONE"]  # re-exported: the wire schemas' class vocabulary
 Speaker = Literal["therapist", "client"]
 Category = Literal["practice", "take_action", "journal", "learn", "none"]
 HomeworkCategory = Literal["practice", "take_action", "journal", "learn"]
@@ -65,7 +64,7 @@ class SilenceCheck(_Frozen):
     at: float
 
 
-InboundMessage = Annotated[Union[Utterance, SessionStart, SessionEnd, SilenceCheck],
+InboundMessage = Annotated[Utterance | SessionStart | SessionEnd | SilenceCheck,
                            Field(discriminator="type")]
 INBOUND = TypeAdapter(InboundMessage)
 
@@ -165,8 +164,3 @@ def export_json_schemas(out_dir: Path) -> list[Path]:
         path.write_text(json.dumps(model.model_json_schema(), indent=2, sort_keys=True) + "\n")
         written.append(path)
     return written
-
-
-if __name__ == "__main__":
-    for p in export_json_schemas(Path(sys.argv[1] if len(sys.argv) > 1 else "schemas")):
-        print(p)

@@ -10,8 +10,11 @@ fake clock. State is a frozen dataclass that round-trips through JSON for the Fa
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
-from typing import Iterable, Literal
+from typing import Literal
+
+from homework_monitor.contract import Example
 
 from .schemas import Assignment, SessionEnd, SessionStart, SilenceCheck, Turn, Utterance
 
@@ -25,12 +28,12 @@ class WindowTurn:
     start_s: float | None
     end_s: float | None
 
-    def extended(self, u: Utterance) -> "WindowTurn":
+    def extended(self, u: Utterance) -> WindowTurn:
         return replace(self, text=f"{self.text} {u.text}".strip(), last_seq=u.seq,
                        end_s=u.end_s if u.end_s is not None else self.end_s)
 
     @classmethod
-    def of(cls, u: Utterance) -> "WindowTurn":
+    def of(cls, u: Utterance) -> WindowTurn:
         return cls(u.speaker, u.text.strip(), u.seq, u.seq, u.start_s, u.end_s)
 
     @property
@@ -53,6 +56,11 @@ class Microdialogue:
 
     def context_turns(self) -> list[Turn]:
         return [Turn(speaker=t.speaker, text=t.text) for t in self.context]
+
+    def example(self) -> Example:
+        """The model's input (the contract type): text only, no seq or timing."""
+        return Example(therapist=self.therapist.text, client=self.client.text if self.client else None,
+                       context=tuple((t.speaker, t.text) for t in self.context))
 
 
 @dataclass(frozen=True)
@@ -88,7 +96,7 @@ class SessionState:
         return d
 
     @classmethod
-    def from_json(cls, d: dict) -> "SessionState":
+    def from_json(cls, d: dict) -> SessionState:
         def turn(x):
             return WindowTurn(**x) if x else None
         return cls(**{**d,
@@ -118,7 +126,7 @@ class Step:
 
 def _close_open_turn(s: SessionState, cfg: WindowConfig, now: float) -> tuple[SessionState, list[Microdialogue]]:
     """Close the turn being accumulated; pair or flush therapist turns as a consequence."""
-    turn, out = s.open_turn, []
+    turn, out = s.open_turn, list[Microdialogue]()
     if turn is None:
         return s, out
     history, pending, pending_ctx = s.history, s.pending_therapist, s.pending_context
@@ -208,7 +216,7 @@ def apply_message(s: SessionState | None, msg, now: float, cfg: WindowConfig) ->
 def window_session(utterances: Iterable[Utterance], cfg: WindowConfig,
                    session_id: str) -> tuple[SessionState, list[Microdialogue]]:
     """Offline path: run a whole session through the same state machine as the worker."""
-    s, out, n = SessionState(session_id=session_id), [], 0
+    s, out, n = SessionState(session_id=session_id), list[Microdialogue](), 0
     for i, u in enumerate(utterances):
         step = apply_utterance(s, u, float(i), cfg)
         s, n = step.state, n + 1

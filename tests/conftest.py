@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import itertools
 from collections import defaultdict
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pytest
 
-from stream.config import Settings
-from stream.processor import InboundRecord
-from stream.schemas import CLASSES, SessionEnd, SessionStart, SilenceCheck, Utterance
-from stream.windowing import Microdialogue, SessionState, Step, WindowConfig, apply_message
+from homework_monitor.contract import Example
+from homework_monitor.stream.config import Settings
+from homework_monitor.stream.processor import InboundRecord
+from homework_monitor.stream.schemas import CLASSES, SessionEnd, SessionStart, SilenceCheck, Utterance
+from homework_monitor.stream.windowing import Microdialogue, SessionState, Step, WindowConfig, apply_message
 
 
 # --------------------------------------------------------------------------------------- clock
@@ -52,7 +53,7 @@ class KeywordClassifier:
 
     def __init__(self, model_version: str = "fake-keywords/1"):
         self.model_version = model_version
-        self.calls: list[list[Microdialogue]] = []
+        self.calls: list[list[Example]] = []
         self.started = False
         self.closed = False
 
@@ -64,12 +65,12 @@ class KeywordClassifier:
     async def start(self) -> None:
         self.started = True
 
-    async def classify(self, items: Sequence[Microdialogue]) -> np.ndarray:
+    async def classify(self, items: Sequence[Example]) -> np.ndarray:
         self.calls.append(list(items))
         rest = (1.0 - self.TOP) / (len(CLASSES) - 1)
         probs = np.full((len(items), len(CLASSES)), rest, dtype=np.float32)
-        for row, md in enumerate(items):
-            probs[row, CLASSES.index(self.category_of(md.therapist.text))] = self.TOP
+        for row, example in enumerate(items):
+            probs[row, CLASSES.index(self.category_of(example.therapist))] = self.TOP
         return probs
 
     async def close(self) -> None:
@@ -106,7 +107,7 @@ def settings(settings_factory) -> Settings:
 class SessionScript:
     """Builds one session's messages with auto-incrementing ``seq`` (shared per session id)."""
 
-    def __init__(self, session_id: str, counter: "itertools.count[int]", **meta):
+    def __init__(self, session_id: str, counter: itertools.count[int], **meta):
         self.session_id = session_id
         self._counter = counter
         self.meta = meta

@@ -13,7 +13,7 @@ import json
 import pytest
 from faust.topics import Topic
 
-from stream.app import create_app
+from homework_monitor.stream.app import create_app
 
 
 class Sent:

@@ -5,9 +5,16 @@ from dataclasses import replace
 
 import pytest
 
-from stream.aggregation import QUOTE_CHARS, Decision, decide, homework_event, record_assignment, session_summary
-from stream.schemas import CLASSES, Assignment
-from stream.windowing import Microdialogue, SessionState, WindowTurn
+from homework_monitor.stream.aggregation import (
+    QUOTE_CHARS,
+    Decision,
+    decide,
+    homework_event,
+    record_assignment,
+    session_summary,
+)
+from homework_monitor.stream.schemas import CLASSES, Assignment
+from homework_monitor.stream.windowing import Microdialogue, SessionState, WindowTurn
 
 MODEL = "fake/1"
 

@@ -7,14 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stream import cli
-from stream.aggregation import decide
-from stream.classifier import InProcessClassifier
-from stream.config import DEFAULT_ARTIFACT
-from stream.offline import windowed_sessions
-from stream.schemas import CLASSES, HOMEWORK_CLASSES
-from stream.windowing import WindowConfig
-from training.model import Example, HomeworkClassifier
+from homework_monitor import cli
+from homework_monitor.model import Example, HomeworkClassifier
+from homework_monitor.stream.aggregation import decide
+from homework_monitor.stream.classifiers import InProcessClassifier
+from homework_monitor.stream.offline import windowed_sessions
+from homework_monitor.stream.schemas import CLASSES, HOMEWORK_CLASSES
+from homework_monitor.stream.windowing import WindowConfig
+from homework_monitor.triton_models import SERVED_ARTIFACT as DEFAULT_ARTIFACT
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "data"
 MINI = FIXTURES / "corpora" / "mini" / "sessions.jsonl"
@@ -84,7 +84,7 @@ def _isolated(monkeypatch, tmp_path, clf):
 def _direct_windowed(clf):
     windowed = list(windowed_sessions(_sessions(), WindowConfig()))
     mds = [m for _, ms in windowed for m in ms]
-    return windowed, mds, clf.predict_proba([Example.of_microdialogue(m) for m in mds])
+    return windowed, mds, clf.predict_proba([m.example() for m in mds])
 
 
 # --- classify ------------------------------------------------------------------------------------
@@ -173,7 +173,7 @@ def test_summarize_writes_contract_and_prints_metrics(tmp_path, clf, capsys):
         assert a["start_s"] == therapist.start_s
 
     # the printed metrics are the session metrics of these summaries against the truth file
-    from training.metrics import session_metrics
+    from homework_monitor.training.metrics import session_metrics
     truth = {d["session_id"]: d["homework"] for d in _read(TRUTH)}
     assert {k: metrics[k] for k in ("sessions", "accuracy", "precision", "recall")} == \
         session_metrics(truth, {r["session_id"]: r["homework_assigned"] for r in rows})

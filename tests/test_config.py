@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from stream.config import Settings
+from homework_monitor.stream.config import Settings
 
 PASSWORD = "hunter2-Xq9-very-secret"
 

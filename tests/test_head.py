@@ -7,10 +7,17 @@ import numpy as np
 import pytest
 import torch
 
-from training.features import cached_features
-from training.head import (HeadConfig, class_weights, expected_calibration_error, fit_temperature,
-                           head_logits, softmax, train_head)
-from training.model import Encoder, Example, Head, base_encoder_path, featurize
+from homework_monitor.model import Encoder, Example, Head, base_encoder_path, featurize
+from homework_monitor.training.features import cached_features
+from homework_monitor.training.head import (
+    HeadConfig,
+    class_weights,
+    expected_calibration_error,
+    fit_temperature,
+    head_logits,
+    softmax,
+    train_head,
+)
 
 # Written for these tests: two obvious groups (homework-like vs. small talk) and labels.
 EXAMPLES = [

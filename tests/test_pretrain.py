@@ -9,11 +9,18 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from training.data import UnlabeledMicrodialogue as U
-from training.pretrain import (MultitaskPretrainer, PretrainConfig, batches, delete_words,
-                               microdialogue_text, pretrain)
+from homework_monitor.training.data import UnlabeledMicrodialogue as U
+from homework_monitor.training.pretrain import (
+    MultitaskPretrainer,
+    PretrainConfig,
+    batches,
+    delete_words,
+    microdialogue_text,
+    pretrain,
+)
 
 WORD = st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=8)
 
@@ -237,6 +244,6 @@ def test_pretrain_driver_resumes_from_checkpoint(trainer, tmp_path):
     mine = trainer.model[0].auto_model.state_dict()
     assert enc.keys() == mine.keys()
     assert all(torch.equal(enc[k], mine[k]) for k in mine)
-    from training.model import Encoder
+    from homework_monitor.model import Encoder
     emb = Encoder(tmp_path / "encoder", "cls", 16).embed(["Write it down tonight.", ("Hi.", "Hello.")])
     assert emb.shape == (2, 384) and np.isfinite(emb).all()

@@ -6,10 +6,17 @@ from collections import defaultdict
 
 import pytest
 
-from producers.replay import (TURN_GAP_S, WORDS_PER_S, demo_sessions_dir, read_sessions, schedule,
-                              session_messages, utterance_offsets)
-from stream.schemas import INBOUND, SessionEnd, SessionStart, Utterance
-from stream.validation import Ok, parse_inbound
+from homework_monitor.producers.replay import (
+    TURN_GAP_S,
+    WORDS_PER_S,
+    demo_sessions_dir,
+    read_sessions,
+    schedule,
+    session_messages,
+    utterance_offsets,
+)
+from homework_monitor.stream.schemas import INBOUND, SessionEnd, SessionStart, Utterance
+from homework_monitor.stream.validation import Ok, parse_inbound
 
 
 def session(sid="r1", n=4, start_s=None, meta=None, words=3):
@@ -99,7 +106,7 @@ def test_replay_never_sends_an_utterance_the_worker_rejects():
 
 
 def test_replay_and_offline_assign_the_same_seq():
-    from stream.offline import session_utterances
+    from homework_monitor.stream.offline import session_utterances
     s = session(n=4)
     s["utterances"].insert(1, {"speaker": "interpreter", "text": "aside"})
     online = [(u.seq, u.text) for u in decoded(session_messages(s, 0.0, 1.0)) if isinstance(u, Utterance)]

@@ -2,14 +2,25 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from stream.config import REPO_ROOT
-from stream.schemas import (CLASSES, HOMEWORK_CLASSES, INBOUND, NONE, SCHEMAS, SessionEnd, SilenceCheck,
-                            Utterance, export_json_schemas, stable_id)
+from homework_monitor.stream.schemas import (
+    CLASSES,
+    HOMEWORK_CLASSES,
+    INBOUND,
+    NONE,
+    SCHEMAS,
+    SessionEnd,
+    SilenceCheck,
+    Utterance,
+    export_json_schemas,
+    stable_id,
+)
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
 COMMITTED = REPO_ROOT / "schemas"
 
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stream.schemas import CLASSES
-from training import export, table1
-from training.data import load_labeled_data
-from training.metrics import classification_metrics, session_metrics
+from homework_monitor.stream.schemas import CLASSES
+from homework_monitor.training import export, table1
+from homework_monitor.training.data import load_labeled_data
+from homework_monitor.training.metrics import classification_metrics, session_metrics
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "data"
 
@@ -165,7 +165,7 @@ def test_export_best_row_makes_a_loadable_artifact(table1_run, tmp_path, capsys)
     assert [p.name for p in tmp_path.iterdir()] == ["artifact"]  # no staging folder left behind
     assert (spec["encoder"] == "encoder") == (best != "minilm_frozen")
 
-    from training.model import Example, HomeworkClassifier
+    from homework_monitor.model import Example, HomeworkClassifier
     clf = HomeworkClassifier(out)
     assert clf.version == spec["version"]
     probs = clf.predict_proba([

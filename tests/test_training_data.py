@@ -1,4 +1,4 @@
-"""training.data on the project's own fixtures (tests/fixtures/data): labeled items, microdialogues, folds."""
+"""homework_monitor.training.data on the project's own fixtures (tests/fixtures/data): labeled items, microdialogues, folds."""
 from __future__ import annotations
 
 import collections
@@ -8,13 +8,21 @@ import shutil
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from stream.offline import session_utterances
-from stream.schemas import CLASSES
-from stream.windowing import WindowConfig, window_session
-from training.data import (corpus_paths, load_labeled, load_labeled_data, read_jsonl, session_folds,
-                           text_sha256, unlabeled_microdialogues)
+from homework_monitor.stream.offline import session_utterances
+from homework_monitor.stream.schemas import CLASSES
+from homework_monitor.stream.windowing import WindowConfig, window_session
+from homework_monitor.training.data import (
+    corpus_paths,
+    load_labeled,
+    load_labeled_data,
+    read_jsonl,
+    session_folds,
+    text_sha256,
+    unlabeled_microdialogues,
+)
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "data"
 REAL = FIXTURES / "labeled" / "real_dev.jsonl"

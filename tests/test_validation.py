@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from stream.schemas import SessionEnd, SessionStart, SilenceCheck, Utterance
-from stream.validation import Err, Ok, parse_inbound
+from homework_monitor.stream.schemas import SessionEnd, SessionStart, SilenceCheck, Utterance
+from homework_monitor.stream.validation import Err, Ok, parse_inbound
 
 LIMIT = 200
 SECRET = "Zebra-Quartz my sister's name is Philippa"  # distinctive text that must never leak

@@ -5,11 +5,21 @@ import json
 from dataclasses import replace
 
 import pytest
-from hypothesis import given, settings as hsettings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
-from stream.schemas import Assignment, SessionEnd, Utterance
-from stream.windowing import (SessionState, WindowConfig, WindowTurn, apply_message,
-                              apply_session_end, apply_silence_check, apply_utterance, window_session)
+from homework_monitor.stream.schemas import Assignment, SessionEnd, Utterance
+from homework_monitor.stream.windowing import (
+    SessionState,
+    WindowConfig,
+    WindowTurn,
+    apply_message,
+    apply_session_end,
+    apply_silence_check,
+    apply_utterance,
+    window_session,
+)
 from tests.conftest import FakeClock, run_messages
 
 CFG = WindowConfig(context_turns=3, silence_flush_s=8.0)

@@ -2,24 +2,23 @@
 
 Labeled items: ``labeled/real_dev.jsonl`` (real) and ``labeled/synthetic.jsonl`` (written; training
 only). Unlabeled: every corpus in ``corpora/*/sessions.jsonl``, windowed into microdialogues by the
-same code the stream worker runs (``stream.windowing``), tagged by source.
+same code the stream worker runs (``homework_monitor.stream.windowing``), tagged by source.
 """
 from __future__ import annotations
 
 import gzip
 import hashlib
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 
-from stream.offline import session_utterances
-from stream.schemas import CLASSES
-from stream.windowing import WindowConfig, window_session
-
-from .model import Example
+from homework_monitor.model import Example
+from homework_monitor.stream.offline import session_utterances
+from homework_monitor.stream.schemas import CLASSES
+from homework_monitor.stream.windowing import WindowConfig, window_session
 
 CLINICAL_SOURCES = ("annomi", "hlqc", "mibot", "pa_counseling")
 

@@ -1,6 +1,6 @@
 """Build the served artifact from a Table 1 row: train on ALL labeled data, keep the row's temperature.
 
-  python -m training.export --row best --out triton_models/homework_classifier/1/artifact
+  python -m homework_monitor.training.export --row best --out triton_models/homework_classifier/1/artifact
 
 ``best`` is the row with the highest out-of-fold macro-F1 among the cached encoder rows. The
 temperature comes from that row's out-of-fold logits, so thresholds keep their meaning in serving.
@@ -11,18 +11,19 @@ import argparse
 import json
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-from stream.config import DEFAULT_ARTIFACT, REPO_ROOT, default_data_dir
-from stream.schemas import CLASSES
+from homework_monitor.model import Encoder, ModelSpec, base_encoder_path, save_artifact
+from homework_monitor.stream.config import default_data_dir
+from homework_monitor.stream.schemas import CLASSES
+from homework_monitor.triton_models import SERVED_ARTIFACT
 
 from .features import cached_features
 from .finetune import finetune
 from .head import train_head
-from .model import Encoder, ModelSpec, base_encoder_path, save_artifact
 from .table1 import CONFIGS, ENCODER_ROWS, Context, RowResult, build_context, evaluate_row, pretrained_encoder
 
 FROZEN = {"minilm_frozen": ("mean", None), "tsdae_only": ("cls", False), "tsdae_nsp": ("cls", True)}
@@ -91,9 +92,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--config", choices=sorted(CONFIGS), default="full")
     p.add_argument("--data-dir", type=Path, default=default_data_dir())
     p.add_argument("--device", default="cpu")
-    p.add_argument("--results-dir", type=Path, default=REPO_ROOT / "training" / "results")
-    p.add_argument("--work-dir", type=Path, default=REPO_ROOT / "var" / "table1")
-    p.add_argument("--out", type=Path, default=DEFAULT_ARTIFACT)
+    p.add_argument("--results-dir", type=Path, default=Path("training") / "results")
+    p.add_argument("--work-dir", type=Path, default=Path("var") / "table1")
+    p.add_argument("--out", type=Path, default=SERVED_ARTIFACT)
     a = p.parse_args(argv)
     cfg = CONFIGS[a.config]
     ctx = build_context(cfg, a.data_dir, a.device, a.work_dir / cfg.name)

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-from .model import Encoder, Example, view_text
+from homework_monitor.model import Encoder, Example, view_text
 
 
 def _key(tag: str, view: str, texts: Sequence) -> str:

@@ -4,16 +4,17 @@ Same input views, pooling and head as the frozen model, but every encoder weight
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from homework_monitor.model import Encoder, Example, Head, autocast, featurize, pool, view_text
+
 from .head import class_weights
-from .model import Encoder, Example, Head, autocast, featurize, pool, view_text
 
 
 @dataclass(frozen=True)

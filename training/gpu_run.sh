@@ -16,11 +16,11 @@ m = AutoModel.from_pretrained(".gpu/minilm", dtype=torch.float32); m.save_pretra
 AutoTokenizer.from_pretrained(".gpu/minilm").save_pretrained("/tmp/minilm32")
 P
 T0=$SECONDS
-python3 -m training.table1 --config $CONFIG --device $DEVICE --rows ${ROWS:-tsdae_nsp,tsdae_only,minilm_finetuned,minilm_frozen} \
+python3 -m homework_monitor.training.table1 --config $CONFIG --device $DEVICE --rows ${ROWS:-tsdae_nsp,tsdae_only,minilm_finetuned,minilm_frozen} \
   --results-dir "$OUT/results" --work-dir /tmp/t1work --no-report
 echo "table1 rows: $((SECONDS-T0)) s"
 for r in tsdae_nsp tsdae_only; do cat /tmp/t1work/$CONFIG/$r/pretrain.json 2>/dev/null | head -c 1500; echo; done
-python3 -m training.export --row best --config $CONFIG --device $DEVICE --results-dir "$OUT/results" \
+python3 -m homework_monitor.training.export --row best --config $CONFIG --device $DEVICE --results-dir "$OUT/results" \
   --work-dir /tmp/t1work --out /tmp/artifact
 echo "export done: $((SECONDS-T0)) s"
 python3 benchmarks/classifier_throughput.py --artifact /tmp/artifact --device $DEVICE $([ $DEVICE = cuda ] && echo --fp16) --batches 1,8,32,64,128 --n 1024

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .model import Head
+from homework_monitor.model import Head
 
 
 @dataclass(frozen=True)

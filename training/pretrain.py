@@ -10,8 +10,8 @@
 
 Checkpoints hold model, optimizer, step and RNG states, so a run resumes where it stopped.
 
-  python -m training.pretrain --config smoke --out var/runs/tsdae_nsp-smoke
-  python -m training.pretrain --config full --device cuda --out var/runs/tsdae_nsp
+  python -m homework_monitor.training.pretrain --config smoke --out var/runs/tsdae_nsp-smoke
+  python -m homework_monitor.training.pretrain --config full --device cuda --out var/runs/tsdae_nsp
 """
 from __future__ import annotations
 
@@ -19,16 +19,17 @@ import argparse
 import json
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from homework_monitor.model import autocast, base_encoder_path
+
 from .data import UnlabeledMicrodialogue, unlabeled_microdialogues
-from .model import autocast, base_encoder_path
 
 
 @dataclass(frozen=True)
@@ -226,7 +227,7 @@ def pretrain(units: Sequence[UnlabeledMicrodialogue], cfg: PretrainConfig, out: 
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from stream.config import default_data_dir
+    from homework_monitor.stream.config import default_data_dir
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", choices=sorted(CONFIGS), default="smoke")
     p.add_argument("--data-dir", type=Path, default=default_data_dir())

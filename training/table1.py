@@ -8,8 +8,8 @@ own ``sessions_dev`` sessions; session-level results go through the stream's sum
 Each row's out-of-fold logits are cached in ``--results-dir`` (``<row>.json``), so the rows that need
 a GPU can be computed on one (``--device cuda --rows ...``) and the table assembled anywhere.
 
-  python -m training.table1 --config full                 # writes training/RESULTS.md
-  python -m training.table1 --config smoke --data-dir tests/fixtures/data --results-dir /tmp/t1
+  python -m homework_monitor.training.table1 --config full                 # writes training/RESULTS.md
+  python -m homework_monitor.training.table1 --config smoke --data-dir tests/fixtures/data --results-dir /tmp/t1
 """
 from __future__ import annotations
 
@@ -19,24 +19,24 @@ import json
 import platform
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
-from stream.config import REPO_ROOT, default_data_dir
-from stream.offline import summarize_all, windowed_sessions
-from stream.schemas import CLASSES
-from stream.windowing import WindowConfig
+from homework_monitor.model import Encoder, Example, base_encoder_path
+from homework_monitor.stream.config import default_data_dir
+from homework_monitor.stream.offline import summarize_all, windowed_sessions
+from homework_monitor.stream.schemas import CLASSES
+from homework_monitor.stream.windowing import WindowConfig
 
-from .data import (LabeledData, corpus_paths, load_labeled_data, read_jsonl,
-                   session_folds, unlabeled_microdialogues)
+from .data import LabeledData, corpus_paths, load_labeled_data, read_jsonl, session_folds, unlabeled_microdialogues
+from .finetune import FinetuneConfig, finetune, finetuned_logits
 from .head import HeadConfig, expected_calibration_error, fit_temperature, head_logits, softmax, train_head
 from .metrics import classification_metrics, session_metrics
-from .model import Encoder, Example, base_encoder_path
-from .pretrain import CONFIGS as PRETRAIN_CONFIGS, PretrainConfig, pretrain
-from .finetune import FinetuneConfig, finetune, finetuned_logits
+from .pretrain import CONFIGS as PRETRAIN_CONFIGS
+from .pretrain import PretrainConfig, pretrain
 
 ROWS = ("tfidf_lr", "doc2vec_lr", "minilm_frozen", "minilm_finetuned", "tsdae_only", "tsdae_nsp")
 ROW_TITLES = {"tfidf_lr": "TF-IDF + LR", "doc2vec_lr": "Doc2Vec + LR",
@@ -87,7 +87,7 @@ class Context:
     def session_examples(self) -> tuple[list[Example], np.ndarray]:
         ex, folds = [], []
         for state, mds in self.sessions:
-            ex += [Example.of_microdialogue(m) for m in mds]
+            ex += [m.example() for m in mds]
             folds += [self.fold_of[state.session_id]] * len(mds)
         return ex, np.array(folds, dtype=int)
 
@@ -124,7 +124,7 @@ class RowResult:
                 "where": self.where, "notes": self.notes}
 
     @classmethod
-    def from_json(cls, d: dict) -> "RowResult":
+    def from_json(cls, d: dict) -> RowResult:
         return cls(d["name"], np.array(d["item_logits"], dtype=np.float64).reshape(-1, len(CLASSES)),
                    np.array(d["session_logits"], dtype=np.float64).reshape(-1, len(CLASSES)),
                    d["seconds"], d["where"], d.get("notes", {}))
@@ -378,9 +378,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--data-dir", type=Path, default=default_data_dir())
     p.add_argument("--rows", default=",".join(ROWS))
     p.add_argument("--device", default="cpu")
-    p.add_argument("--results-dir", type=Path, default=REPO_ROOT / "training" / "results")
-    p.add_argument("--work-dir", type=Path, default=REPO_ROOT / "var" / "table1")
-    p.add_argument("--output", type=Path, default=REPO_ROOT / "training" / "RESULTS.md")
+    p.add_argument("--results-dir", type=Path, default=Path("training") / "results")
+    p.add_argument("--work-dir", type=Path, default=Path("var") / "table1")
+    p.add_argument("--output", type=Path, default=Path("training") / "RESULTS.md")
     p.add_argument("--recompute", action="store_true", help="ignore cached row results")
     p.add_argument("--no-report", action="store_true", help="compute the rows only")
     a = p.parse_args(argv)
@@ -400,7 +400,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     best = max(results, key=lambda r: results[r]["pooled"]["macro_f1"])
     best_res = RowResult.from_json(json.loads((a.results_dir / f"{best}.json").read_text()))
     sweep = threshold_sweep(ctx, best_res, results[best]["temperature"]) if ctx.sessions else None
-    command = "python -m training.table1 " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m homework_monitor.training.table1 " + " ".join(argv if argv is not None else sys.argv[1:])
     a.output.parent.mkdir(parents=True, exist_ok=True)
     a.output.write_text(render_markdown(ctx, results, command.strip(), sweep, best))
     (a.output.with_suffix(".json")).write_text(json.dumps(

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from deploy.local_stack import Ports, start_broker, start_triton, start_worker
-from deploy.services import ServiceStack
-from stream.config import Settings
+from homework_monitor.deploy.local_stack import Ports, start_broker, start_triton, start_worker
+from homework_monitor.deploy.services import ServiceStack
+from homework_monitor.stream.config import Settings
 
 
 @dataclass

@@ -9,12 +9,12 @@ import time
 
 import pytest
 
-from deploy.local_stack import Ports, start_broker, start_triton, start_worker
-from deploy.services import ServiceStack
-from producers.replay import demo_sessions_dir, make_producer, read_sessions, replay, schedule
-from stream.classifier import InProcessClassifier
-from stream.cli import summarize_corpus_sessions
-from stream.config import Settings
+from homework_monitor.cli import summarize_corpus_sessions
+from homework_monitor.deploy.local_stack import Ports, start_broker, start_triton, start_worker
+from homework_monitor.deploy.services import ServiceStack
+from homework_monitor.producers.replay import demo_sessions_dir, make_producer, read_sessions, replay, schedule
+from homework_monitor.stream.classifiers import InProcessClassifier
+from homework_monitor.stream.config import Settings
 
 from .conftest import consume
 

@@ -5,11 +5,13 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from deploy.services import free_port
-from stream.config import REPO_ROOT
+from homework_monitor.deploy.services import free_port
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.integration
 
@@ -18,7 +20,7 @@ def test_demo_runs_every_session_to_its_summary_and_stops_cleanly(tmp_path):
     triton = free_port()
     while any(_busy(p) for p in (triton + 1, triton + 2)):
         triton = free_port()
-    cmd = [sys.executable, "-m", "stream.cli", "demo", "--speed", "40", "--stagger", "0.2",
+    cmd = [sys.executable, "-m", "homework_monitor.cli", "demo", "--speed", "40", "--stagger", "0.2",
            "--kafka-port", str(free_port()), "--triton-port", str(triton), "--metrics-port", str(free_port())]
     env = {**os.environ, "HWM_RUN_DIR": str(tmp_path)}
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=400)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from producers.replay import demo_sessions_dir, make_producer, read_sessions, replay, schedule
-from stream.classifier import InProcessClassifier
-from stream.cli import summarize_corpus_sessions
+from homework_monitor.cli import summarize_corpus_sessions
+from homework_monitor.producers.replay import demo_sessions_dir, make_producer, read_sessions, replay, schedule
+from homework_monitor.stream.classifiers import InProcessClassifier
 
 from .conftest import consume, metric_value, scrape
 
@@ -113,7 +113,7 @@ def test_metrics_scrape_worker_and_triton(live_stack, replayed):
 
 def test_triton_scores_equal_in_process_scores(live_stack, tmp_path: Path):
     """Export -> Triton load -> classify gives the same probabilities as the artifact in process."""
-    from stream.cli import main
+    from homework_monitor.cli import main
     inp = tmp_path / "in.jsonl"
     rows = [{"id": "a", "context": [{"speaker": "client", "text": "I could not sleep again."}],
              "therapist": "This week, write down what time you go to bed and wake up, every day.",

@@ -1,6 +1,8 @@
-"""Classifier clients: Triton over gRPC (the live path) or the artifact in process (offline, tests).
+"""Classifier adapters: Triton over gRPC (the live path) or the artifact in process (offline, tests).
 
-Both take microdialogues and return [n, 5] probabilities in ``CLASSES`` order. The Triton client
+Both implement ``homework_monitor.contract.Classifier``: examples in, [n, 5] probabilities in
+``CLASSES`` order out. At start-up the Triton client checks the served model against the contract
+(tensor names and types, class order, batch size) and refuses to run on a mismatch. The Triton client
 cuts work into slices of the server's batch size, keeps at most ``max_inflight`` calls open, and
 retries timed-out or unavailable calls with capped exponential backoff for as long as it takes (the
 stream waits; nothing is dropped). Requests the server rejects fail after ``triton_retries``.
@@ -11,43 +13,68 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Any
 
 import numpy as np
 
+from homework_monitor.contract import (
+    CLASSES,
+    CLASSES_PARAMETER,
+    INPUT_CLIENT,
+    INPUT_CONTEXT,
+    INPUT_DATATYPE,
+    INPUT_THERAPIST,
+    INPUTS,
+    OUTPUT_DATATYPE,
+    OUTPUT_PROBS,
+    ContractMismatch,
+    Example,
+    check_classes,
+)
+
 from . import metrics
 from .config import Settings
-from .windowing import Microdialogue
 
 log = logging.getLogger("homework_monitor.classifier")
-
-
-class Classifier(Protocol):
-    model_version: str
-
-    async def start(self) -> None: ...
-    async def classify(self, items: Sequence[Microdialogue]) -> np.ndarray: ...
-    async def close(self) -> None: ...
 
 
 class ClassifierUnavailable(RuntimeError):
     """The server is missing, misconfigured, or rejects requests: retrying cannot help."""
 
 
-def triton_inputs(items: Sequence[Microdialogue]) -> dict[str, np.ndarray]:
+def triton_inputs(items: Sequence[Example]) -> dict[str, np.ndarray]:
     def col(values):
         return np.array([v.encode("utf-8") for v in values], dtype=np.object_).reshape(-1, 1)
-    return {"THERAPIST": col([m.therapist.text for m in items]),
-            "CLIENT": col([m.client.text if m.client else "" for m in items]),
-            "CONTEXT": col([json.dumps([t.model_dump() for t in m.context_turns()]) for m in items])}
+    return {INPUT_THERAPIST: col([e.therapist for e in items]),
+            INPUT_CLIENT: col([e.client or "" for e in items]),
+            INPUT_CONTEXT: col([json.dumps([{"speaker": s, "text": t} for s, t in e.context])
+                                for e in items])}
+
+
+def check_served_model(config: dict[str, Any], metadata: dict[str, Any]) -> None:
+    """The served model must speak the contract: same tensors, types and class order."""
+    inputs = {t["name"]: t["datatype"] for t in metadata.get("inputs", [])}
+    outputs = {t["name"]: t["datatype"] for t in metadata.get("outputs", [])}
+    expected_inputs = {n: INPUT_DATATYPE for n in INPUTS}
+    if inputs != expected_inputs or outputs.get(OUTPUT_PROBS) != OUTPUT_DATATYPE:
+        raise ContractMismatch(f"served tensors {inputs} -> {outputs}; contract {expected_inputs} -> "
+                               f"{{{OUTPUT_PROBS!r}: {OUTPUT_DATATYPE!r}}}")
+    dims = next((o.get("dims") for o in config.get("output", []) if o.get("name") == OUTPUT_PROBS), None)
+    if [int(d) for d in dims or []] != [len(CLASSES)]:
+        raise ContractMismatch(f"{OUTPUT_PROBS} dims {dims} != [{len(CLASSES)}]")
+    param = config.get("parameters", {}).get(CLASSES_PARAMETER, {}).get("string_value")
+    if not param:
+        raise ContractMismatch(f"served model has no '{CLASSES_PARAMETER}' parameter (class order unknown)")
+    check_classes(param.split(","), "served model")
 
 
 class TritonClassifier:
     def __init__(self, settings: Settings):
         self.s = settings
         self.model_version = f"{settings.triton_model}/1"
-        self._client = None
+        self._client: Any = None  # tritonclient.grpc.aio.InferenceServerClient once started
         self._sem = asyncio.Semaphore(settings.triton_max_inflight)
         self._ready = asyncio.Event()  # the agent may get records before start() has finished
         self.batch = settings.triton_max_batch
@@ -65,26 +92,28 @@ class TritonClassifier:
             if time.monotonic() > deadline:
                 raise ClassifierUnavailable(f"model {self.s.triton_model} not ready at {self.s.triton_url}")
             await asyncio.sleep(0.5)
-        cfg = await self._client.get_model_config(self.s.triton_model, as_json=True)
-        server_max = int(cfg["config"].get("max_batch_size", 0))
+        cfg = (await self._client.get_model_config(self.s.triton_model, as_json=True))["config"]
+        metadata = await self._client.get_model_metadata(self.s.triton_model, as_json=True)
+        check_served_model(cfg, metadata)
+        server_max = int(cfg.get("max_batch_size", 0))
         # Refuse to start rather than send batches the server would reject (as Morpheus does).
         if server_max < self.s.triton_max_batch:
             raise ClassifierUnavailable(f"Triton max_batch_size {server_max} < configured "
                                         f"HWM_TRITON_MAX_BATCH {self.s.triton_max_batch}")
-        versions = (await self._client.get_model_metadata(self.s.triton_model, as_json=True)).get("versions")
+        versions = metadata.get("versions")
         if versions:
             self.model_version = f"{self.s.triton_model}/{max(versions, key=int)}"
         self._ready.set()
 
-    async def _infer_slice(self, items: Sequence[Microdialogue]) -> np.ndarray:
+    async def _infer_slice(self, items: Sequence[Example]) -> np.ndarray:
         import tritonclient.grpc.aio as grpcclient
         from tritonclient.utils import InferenceServerException
         inputs = []
         for name, arr in triton_inputs(items).items():
-            inp = grpcclient.InferInput(name, list(arr.shape), "BYTES")
+            inp = grpcclient.InferInput(name, list(arr.shape), INPUT_DATATYPE)
             inp.set_data_from_numpy(arr)
             inputs.append(inp)
-        outputs = [grpcclient.InferRequestedOutput("PROBS")]
+        outputs = [grpcclient.InferRequestedOutput(OUTPUT_PROBS)]
         delay, attempt = self.s.triton_backoff_s, 0
         while True:
             async with self._sem:
@@ -96,8 +125,8 @@ class TritonClassifier:
                         timeout=self.s.triton_timeout_s)
                     metrics.CLASSIFIER_SECONDS.observe(time.perf_counter() - t0)
                     metrics.CLASSIFIER_BATCH.observe(len(items))
-                    return res.as_numpy("PROBS")
-                except asyncio.TimeoutError:
+                    return res.as_numpy(OUTPUT_PROBS)
+                except TimeoutError:
                     kind = "timeout"
                 except InferenceServerException as exc:
                     kind = "unavailable" if "UNAVAILABLE" in str(exc.status()) else "other"
@@ -116,9 +145,9 @@ class TritonClassifier:
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.s.triton_backoff_max_s)
 
-    async def classify(self, items: Sequence[Microdialogue]) -> np.ndarray:
+    async def classify(self, items: Sequence[Example]) -> np.ndarray:
         if not items:
-            return np.zeros((0, 5), dtype=np.float32)
+            return np.zeros((0, len(CLASSES)), dtype=np.float32)
         await self._ready.wait()
         slices = [items[i:i + self.batch] for i in range(0, len(items), self.batch)]
         parts = await asyncio.gather(*(self._infer_slice(s) for s in slices))
@@ -139,7 +168,7 @@ class InProcessClassifier:
 
     def load(self):
         if self._model is None:
-            from training.model import HomeworkClassifier
+            from homework_monitor.model import HomeworkClassifier
             self._model = HomeworkClassifier(self.artifact)
             self.model_version = self._model.version
         return self._model
@@ -147,11 +176,10 @@ class InProcessClassifier:
     async def start(self) -> None:
         await asyncio.to_thread(self.load)
 
-    def classify_sync(self, items: Sequence[Microdialogue]) -> np.ndarray:
-        from training.model import Example
-        return self.load().predict_proba([Example.of_microdialogue(m) for m in items])
+    def classify_sync(self, items: Sequence[Example]) -> np.ndarray:
+        return self.load().predict_proba(items)
 
-    async def classify(self, items: Sequence[Microdialogue]) -> np.ndarray:
+    async def classify(self, items: Sequence[Example]) -> np.ndarray:
         t0 = time.perf_counter()
         out = await asyncio.to_thread(self.classify_sync, items)
         metrics.CLASSIFIER_SECONDS.observe(time.perf_counter() - t0)

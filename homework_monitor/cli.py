@@ -7,9 +7,9 @@
   classify    microdialogues JSONL -> labels + scores (artifact in process, or --triton-url)
   summarize   sessions JSONL -> one summary per session (same windowing/aggregation as the worker)
   review      export low-confidence predictions on unlabeled sessions for expert review
-  evaluate    rebuild Table 1 (training.table1)
-  pretrain    TSDAE + NSP pretraining (training.pretrain)
-  export-model   build the served artifact from a Table 1 row (training.export)
+  evaluate    rebuild Table 1 (homework_monitor.training.table1)
+  pretrain    TSDAE + NSP pretraining (homework_monitor.training.pretrain)
+  export-model   build the served artifact from a Table 1 row (homework_monitor.training.export)
   export-schemas JSON Schema of every message into schemas/
 """
 from __future__ import annotations
@@ -19,10 +19,10 @@ import asyncio
 import json
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
-from .config import REPO_ROOT, Settings
+from homework_monitor.stream.config import Settings
 
 
 def _write_jsonl(path: Path, rows) -> int:
@@ -42,18 +42,18 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 def make_classifier(settings: Settings, triton_url: str | None, artifact: Path | None):
     """In-process artifact by default; Triton when a URL is given (same probabilities)."""
-    from .classifier import InProcessClassifier, TritonClassifier
+    from homework_monitor.stream.classifiers import InProcessClassifier, TritonClassifier
     if triton_url:
         return TritonClassifier(settings.model_copy(update={"triton_url": triton_url}))
     return InProcessClassifier(artifact or settings.artifact_dir)
 
 
-def probs_for(classifier, mds):
+def probs_for(classifier, examples):
     """Run an async classifier once from synchronous CLI code: [n, 5] probabilities."""
     async def run():
         await classifier.start()
         try:
-            return await classifier.classify(mds)
+            return await classifier.classify(examples)
         finally:
             await classifier.close()
     return asyncio.run(run())
@@ -61,16 +61,12 @@ def probs_for(classifier, mds):
 
 # --- classify / summarize / review -------------------------------------------------------------
 def cmd_classify(a, settings: Settings) -> None:
-    from .schemas import CLASSES, ClassifyInput, ClassifyOutput
-    from .windowing import Microdialogue, WindowTurn
+    from homework_monitor.contract import CLASSES, Example
+    from homework_monitor.stream.schemas import ClassifyInput, ClassifyOutput
     rows = [ClassifyInput.model_validate(d) for d in _read_jsonl(a.input)]
-
-    def md(r: ClassifyInput) -> Microdialogue:
-        ctx = tuple(WindowTurn(t.speaker, t.text, -1, -1, None, None) for t in r.context)
-        client = WindowTurn("client", r.client, 1, 1, None, None) if r.client else None
-        return Microdialogue(r.id, ctx, WindowTurn("therapist", r.therapist, 0, 0, None, None), client, 0.0)
-
-    probs = probs_for(make_classifier(settings, a.triton_url, a.artifact), [md(r) for r in rows])
+    examples = [Example(therapist=r.therapist, client=r.client,
+                        context=tuple((t.speaker, t.text) for t in r.context)) for r in rows]
+    probs = probs_for(make_classifier(settings, a.triton_url, a.artifact), examples)
     out = (ClassifyOutput(id=r.id, label=CLASSES[int(p.argmax())],
                           scores={c: round(float(v), 6) for c, v in zip(CLASSES, p)}).model_dump_json()
            for r, p in zip(rows, probs))
@@ -79,10 +75,10 @@ def cmd_classify(a, settings: Settings) -> None:
 
 def summarize_corpus_sessions(sessions: list[dict], classifier, threshold: float,
                               settings: Settings | None = None):
-    from .offline import summarize_all, windowed_sessions
-    from .processor import window_config
+    from homework_monitor.stream.offline import summarize_all, windowed_sessions
+    from homework_monitor.stream.processor import window_config
     windowed = list(windowed_sessions(sessions, window_config(settings or Settings())))
-    probs = probs_for(classifier, [m for _, mds in windowed for m in mds])
+    probs = probs_for(classifier, [m.example() for _, mds in windowed for m in mds])
     return summarize_all(windowed, probs, threshold, classifier.model_version)
 
 
@@ -98,7 +94,7 @@ def cmd_summarize(a, settings: Settings) -> None:
     _write_jsonl(a.output, rows)
     print(f"summarized {len(rows)} sessions -> {a.output}", file=sys.stderr)
     if a.truth:
-        from training.metrics import session_metrics
+        from homework_monitor.stream.offline import session_metrics
         truth = {d["session_id"]: d["homework"] for d in _read_jsonl(a.truth)}
         m = session_metrics(truth, {r["session_id"]: r["homework_assigned"] for r in rows})
         print(json.dumps({"threshold": threshold, **m}, indent=2))
@@ -106,13 +102,13 @@ def cmd_summarize(a, settings: Settings) -> None:
 
 def cmd_review(a, settings: Settings) -> None:
     """Active learning: microdialogues whose top probability is lowest go to expert review."""
-    from .offline import windowed_sessions
-    from .processor import window_config
-    from .schemas import CLASSES
+    from homework_monitor.stream.offline import windowed_sessions
+    from homework_monitor.stream.processor import window_config
+    from homework_monitor.stream.schemas import CLASSES
     sessions = _read_jsonl(a.input)
     windowed = list(windowed_sessions(sessions, window_config(settings)))
     mds = [m for _, ms in windowed for m in ms]
-    probs = probs_for(make_classifier(settings, a.triton_url, a.artifact), mds)
+    probs = probs_for(make_classifier(settings, a.triton_url, a.artifact), [m.example() for m in mds])
     rows = []
     for md, p in zip(mds, probs):
         top = float(p.max())
@@ -129,20 +125,20 @@ def cmd_review(a, settings: Settings) -> None:
 
 # --- services ----------------------------------------------------------------------------------
 def cmd_worker(a, settings: Settings) -> None:
-    from .app import run_worker
+    from homework_monitor.stream.app import run_worker
     sys.argv = [sys.argv[0]]  # faust's command line parser must not see ours
     run_worker(settings)
 
 
 def cmd_topics(a, settings: Settings) -> None:
-    from deploy.broker import create_topics
-    from deploy.local_stack import all_topics
+    from homework_monitor.deploy.broker import create_topics
+    from homework_monitor.deploy.local_stack import all_topics
     create_topics(settings.kafka_bootstrap, all_topics(settings))
     print(json.dumps(all_topics(settings)))
 
 
 def cmd_replay(a, settings: Settings) -> None:
-    from producers.replay import demo_sessions_dir, make_producer, read_sessions, replay, schedule
+    from homework_monitor.producers.replay import demo_sessions_dir, make_producer, read_sessions, replay, schedule
     sessions = read_sessions(a.input or [demo_sessions_dir()])
     if a.limit:
         sessions = sessions[: a.limit]
@@ -196,11 +192,12 @@ class LivePrinter:
 
 def cmd_demo(a, settings: Settings) -> None:
     import logging
-    from deploy.local_stack import Ports, start_broker, start_triton, start_worker
-    from deploy.services import ServiceStack
-    from producers.replay import demo_sessions_dir, make_producer, read_sessions, replay, schedule
+
+    from homework_monitor.deploy.local_stack import Ports, start_broker, start_triton, start_worker
+    from homework_monitor.deploy.services import ServiceStack
+    from homework_monitor.producers.replay import demo_sessions_dir, make_producer, read_sessions, replay, schedule
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("deploy").setLevel(logging.INFO)
+    logging.getLogger("homework_monitor.deploy").setLevel(logging.INFO)
     logging.getLogger("kafka").setLevel(logging.CRITICAL)  # its reconnect chatter at shutdown
     run_dir = settings.run_dir / "demo"
     log_dir = run_dir / "logs"
@@ -245,7 +242,7 @@ def cmd_passthrough(module: str):
 
 
 def cmd_export_schemas(a, settings: Settings) -> None:
-    from .schemas import export_json_schemas
+    from homework_monitor.stream.schemas import export_json_schemas
     for p in export_json_schemas(a.out):
         print(p)
 
@@ -291,14 +288,14 @@ def build_parser() -> argparse.ArgumentParser:
             c.add_argument("--limit", type=int, default=500)
         c.set_defaults(func=func)
 
-    for name, module in (("evaluate", "training.table1"), ("pretrain", "training.pretrain"),
-                         ("export-model", "training.export")):
+    for name, module in (("evaluate", "homework_monitor.training.table1"), ("pretrain", "homework_monitor.training.pretrain"),
+                         ("export-model", "homework_monitor.training.export")):
         c = sub.add_parser(name, help=f"python -m {module} (arguments pass through)", add_help=False)
         c.add_argument("rest", nargs=argparse.REMAINDER)
         c.set_defaults(func=cmd_passthrough(module))
 
     s = sub.add_parser("export-schemas", help="write JSON Schema files")
-    s.add_argument("--out", type=Path, default=REPO_ROOT / "schemas")
+    s.add_argument("--out", type=Path, default=Path("schemas"))
     s.set_defaults(func=cmd_export_schemas)
     return p
 

@@ -1,0 +1,70 @@
+"""The wheel is a product: one top-level package, the served model inside, and the offline CLI works
+from an installed wheel in an empty directory (a fresh venv with the wheel and its `serve` extra)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURE_SESSIONS = ROOT / "tests" / "fixtures" / "data" / "corpora" / "mini" / "sessions.jsonl"
+
+
+def run(cmd, **kw) -> subprocess.CompletedProcess:
+    res = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, **kw)
+    assert res.returncode == 0, f"{cmd}\n{res.stdout[-2000:]}\n{res.stderr[-3000:]}"
+    return res
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("dist")
+    run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", out, ROOT], timeout=300)
+    (whl,) = out.glob("homework_monitor-*.whl")
+    return whl
+
+
+def test_wheel_holds_one_top_level_package_and_the_served_model(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")} == {"homework_monitor"}
+    artifact = "homework_monitor/triton_models/homework_classifier/1/artifact/"
+    for part in ("model.json", "head.safetensors", "encoder/model.safetensors", "encoder/tokenizer.json"):
+        assert artifact + part in names
+    assert "homework_monitor/triton_models/homework_classifier/config.pbtxt" in names
+    assert not [n for n in names if "__pycache__" in n]
+
+
+def test_classify_and_summarize_from_an_installed_wheel_in_an_empty_directory(wheel, tmp_path):
+    venv = tmp_path / "venv"
+    run([sys.executable, "-m", "venv", venv], timeout=120)
+    run([venv / "bin" / "python", "-m", "pip", "install", "-q", f"{wheel}[serve]"], timeout=900)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    # Nothing of the source tree may leak in: no PYTHONPATH, no HWM_* settings, cwd is empty.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HWM_", "PYTHONPATH"))}
+    cli = venv / "bin" / "homework-monitor"
+    items = [{"id": "x1", "therapist": "This week, write down every craving in a small notebook.",
+              "client": "Okay, I can do that."},
+             {"id": "x2", "therapist": "How was the drive in today?", "client": "Fine, thanks."}]
+    (empty / "items.jsonl").write_text("".join(json.dumps(i) + "\n" for i in items))
+    run([cli, "classify", "--input", "items.jsonl", "--output", "labels.jsonl"], cwd=empty, env=env,
+        timeout=300)
+    labels = [json.loads(line) for line in (empty / "labels.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in labels] == ["x1", "x2"]
+    assert labels[0]["label"] != "none" and labels[1]["label"] == "none"
+    run([cli, "summarize", "--input", FIXTURE_SESSIONS, "--output", "summaries.jsonl"], cwd=empty, env=env,
+        timeout=300)
+    summaries = [json.loads(line) for line in (empty / "summaries.jsonl").read_text().splitlines()]
+    assert len(summaries) == len(FIXTURE_SESSIONS.read_text().splitlines())
+    assert sorted(os.listdir(empty)) == ["items.jsonl", "labels.jsonl", "summaries.jsonl"]
+    # The installed package, not the checkout, answered.
+    where = run([venv / "bin" / "python", "-c", "import homework_monitor, sys; print(homework_monitor.__file__)"],
+                cwd=empty, env=env).stdout.strip()
+    assert where.startswith(str(venv))
