@@ -82,13 +82,20 @@ def start_triton(stack: ServiceStack, settings: Settings, ports: Ports, log_dir:
     return settings.model_copy(update={"triton_url": f"127.0.0.1:{ports.triton_grpc}"})
 
 
+def worker_command(faust_cli: bool = False) -> list[str]:
+    """``homework-monitor worker``, or the same app through Faust's own CLI (the module-level app)."""
+    if faust_cli:
+        return [sys.executable, "-m", "faust", "-A", "homework_monitor.stream.app", "worker", "-l", "info",
+                "--without-web"]
+    return [sys.executable, "-m", "homework_monitor.cli", "worker"]
+
+
 def start_worker(stack: ServiceStack, settings: Settings, log_dir: Path, worker_id: str = "worker-1",
-                 metrics_port: int | None = None) -> int:
+                 metrics_port: int | None = None, faust_cli: bool = False) -> int:
     port = metrics_port or free_port()
     log = log_dir / f"{worker_id}.log"
-    stack.add(worker_id, [sys.executable, "-m", "homework_monitor.cli", "worker"],
-              worker_env(settings, worker_id, port), log, lambda: wait_for_log(log, "classifier ready", 90),
-              cwd=_made(settings.run_dir))
+    stack.add(worker_id, worker_command(faust_cli), worker_env(settings, worker_id, port), log,
+              lambda: wait_for_log(log, "classifier ready", 90), cwd=_made(settings.run_dir))
     # The group join completes about half a session timeout after start (tansu): wait for assignment.
     wait_for_log(log, "partitions assigned", 60)
     return port

@@ -70,6 +70,11 @@ class MonitorApp(faust.App):
     def _new_transport(self):
         return self._transport_cls(self.conf.broker_consumer, self)
 
+    def _create_directories(self) -> None:
+        # Faust creates its data dir without parents; HWM_RUN_DIR may not exist yet (a fresh volume).
+        self.conf.datadir.mkdir(parents=True, exist_ok=True)
+        super()._create_directories()
+
 
 def create_app(settings: Settings, classifier: Classifier | None = None,
                clock=time.time, serve_metrics: bool = True) -> faust.App:

@@ -40,7 +40,8 @@ def test_worker_killed_mid_session_loses_nothing_and_duplicates_nothing(tmp_path
         # Restarting within the session timeout sometimes left the new worker assigned but idle on
         # tansu (seen in 2 of 5 runs; not seen with this wait) -- see the closing note.
         time.sleep(settings.broker_session_timeout_s + 2)
-        start_worker(stack, settings, log_dir, "worker-2")
+        # The replacement runs through Faust's own CLI (`faust -A homework_monitor.stream.app worker`).
+        start_worker(stack, settings, log_dir, "worker-2", faust_cli=True)
         sender.join()
         t = settings.topics
         first = consume(settings, [t.homework_events, t.session_summaries],
