@@ -128,3 +128,54 @@ def session_folds(session_ids: Iterable[str], n_folds: int, seed: int = 13) -> d
     rng = np.random.default_rng(seed)
     rng.shuffle(uniq)
     return {g: i % n_folds for i, g in enumerate(uniq)}
+
+
+# ------------------------------------------------------------------ labels added by this project
+# Labels live in the repository as ids + labels only (training/labels/*.jsonl); the text is joined from
+# the corpora at load time, so no corpus text is ever committed.
+ADDED_LABELS_DIR = Path(__file__).resolve().parent / "labels"
+
+
+def utterance_examples(session: dict, context_turns: int = 3) -> dict[int, Example]:
+    """The labelled sets' unit, keyed by the therapist utterance's index among therapist/client
+    utterances: that utterance, the client utterance right after it (if any) and up to
+    ``context_turns`` utterances before it. Utterances are not merged (real_dev.jsonl is built the same
+    way: its ``turn``, ``therapist``, ``client`` and ``context`` match this for all 1,169 items)."""
+    spoken = [u for u in session["utterances"] if u.get("speaker") in ("therapist", "client")]
+    texts = [" ".join((u.get("text") or "").split()) or "…" for u in spoken]
+    out = {}
+    for i, u in enumerate(spoken):
+        if u["speaker"] != "therapist":
+            continue
+        client = texts[i + 1] if i + 1 < len(spoken) and spoken[i + 1]["speaker"] == "client" else None
+        ctx = tuple((spoken[j]["speaker"], texts[j]) for j in range(max(0, i - context_turns), i))
+        out[i] = Example(therapist=texts[i], client=client, context=ctx)
+    return out
+
+
+def load_added_labels(data_dir: Path, paths: Iterable[Path] | None = None) -> list[LabeledItem]:
+    """Labels added with the annotation protocol (training/labels/README.md), joined to the corpora.
+
+    Raises ``ValueError`` when a labelled turn is missing from the corpora or is not a therapist
+    utterance: a silent skip would quietly shrink the training set.
+    """
+    rows = [r for p in (paths or sorted(ADDED_LABELS_DIR.glob("*.jsonl"))) for r in read_jsonl(p)]
+    wanted: dict[str, set[str]] = {}
+    for r in rows:
+        wanted.setdefault(r["dataset"], set()).add(r["session_id"])
+    examples: dict[str, dict[int, Example]] = {}
+    for path in corpus_paths(Path(data_dir), wanted):
+        for s in read_jsonl(path):
+            if s["session_id"] in wanted[path.parent.name]:
+                examples[s["session_id"]] = utterance_examples(s)
+    items, missing = [], []
+    for r in rows:
+        ex = examples.get(r["session_id"], {}).get(int(r["turn"]))
+        if ex is None:
+            missing.append(f"{r['dataset']}/{r['session_id']}#{r['turn']}")
+            continue
+        items.append(LabeledItem(id=r["id"], source=r["dataset"], session_id=r["session_id"], example=ex,
+                                 label=r["label"], labels=tuple(r["labels"]), real=True))
+    if missing:
+        raise ValueError(f"{len(missing)} labelled turns not found in {data_dir}: {missing[:5]}")
+    return items
