@@ -14,9 +14,13 @@ Microdialogue definition (verified on labeled/real_dev.jsonl, see verify()):
   CONTEXT = up to 3 utterances before it; TARGET CLIENT = next utterance if it is the client's;
   AFTER = the 1 utterance after the client reply (or right after the therapist one when there is none).
   Set MERGE = True to use the merged-turn variant (turn id = seq of its first utterance).
+
+--round 1 (default): the 1,920 items of labels/clinical_2026-12.jsonl (ids a00001.., batch_01..16).
+--round 2: candidates for the rare classes (practice, journal, learn) and review turns, see select_round2().
 """
 import argparse
 import collections
+import glob
 import json
 import os
 import random
@@ -147,12 +151,261 @@ def verify(corpora):
     return res
 
 
+# ---------------------------------------------------------------- round 2
+# Round 2 targets the rare homework classes and review turns (round 1 found only 20-30 of each).
+# Same unit and text/meta formats as round 1; ids continue the numbering with prefix "b"
+# (b01921..), batch files continue at batch_17. Items are stratified by
+# tier (clinical, then esconv/esconv_failed, then counselchat) x class x strength: a STRONG term is
+# specific to the class ("journal", "breathing", "handout"); a WEAK term is generic ("try", "notes",
+# "online") and is only used once the strong matches of the tier are used up. An item's class is the
+# first class (R2_CLASSES order) with a strong match, else the first with a weak match, so the
+# strata are disjoint. selection_summary.json holds pool and drawn counts per stratum (for reweighting).
+R2_SEED = 72
+R2_TIERS = (CLINICAL, ("esconv", "esconv_failed"), ("counselchat",))
+R2_CLASSES = ("review", "journal", "learn", "practice")
+R2_QUOTA = {"review": 150, "journal": 330, "learn": 330, "practice": 330}
+R2_TOPUP_ORDER = ("learn", "practice", "journal", "review")  # who takes over a class's shortfall (rarest first)
+R2_RANDOM = 60
+R2_TOTAL = 1200
+R2_MAX_PER_SESSION = 6
+R2_MIN_WORDS = 6
+R2_MAX_WORDS_COUNSELCHAT = 250
+R2_ID_OFFSET = BATCH_SIZE * N_BATCHES     # round 1 used a00001..a01920
+R2_BATCH_OFFSET = N_BATCHES               # round 1 used batch_01..batch_16
+R2_VOCAB = {
+    "review": (
+        r"\bhow did (?:\w+\W+){0,8}?go\b|\bhow(?:'s| is| has| have| was)(?: \w+){1,6} (?:been )?(?:going|gone|working)\b(?! on)"
+        r"|\bhow (?:are|were) things (?:going )?with\b|\bhow have you been (?:doing )?with\b"
+        r"|\b(?:were|was) you able to\b|\bhave you been able to\b|\bwas it possible (?:for you )?to\b"
+        r"|\b(?:did|have) you (?:get|got|had|have) (?:a )?chance\b|\bdid you (?:manage|get around|end up|get) to\b"
+        r"|\bdid you (?:try|do|start|keep|write|read|call|talk|go|practi[cs]e|use|make|finish|look|fill)\b"
+        r"|\bany luck\b|\blast (?:time|week|session|visit|appointment) (?:we|you|i)\b"
+        r"|\byou (?:said|mentioned|told me) (?:the )?last (?:time|week|session)\b"
+        r"|\bsince (?:we|our) (?:last )?(?:met|talked|spoke|session|meeting|visit)\b"
+        r"|\bsince (?:the )?last (?:time|week|session|visit)\b|\bwhen we (?:last )?(?:met|talked|spoke)\b"
+        r"|\bwe (?:talked|spoke) about last\b|\bat our last\b|\bthe (?:plan|goal)s? (?:we|you) (?:made|set|agreed|came up)"
+        r"|\bfollow(?:ing|ed)? up on\b|\byou were going to\b|\b(?:the|your) homework\b",
+        None),
+    "journal": (
+        r"\b(?:journal\w*|diar(?:y|ies)|log(?:s|ged|ging)?|logbook|jot\w*|note ?books?|worksheets?|thought records?"
+        r"|gratitude (?:list|journal)s?|write (?:it|them|that|this|these|those|down|out|about|a|an|your|each|every|some|things)"
+        r"|writing (?:down|it|them|things|out|about|a|your)"
+        r"|keep(?:ing)? (?:a |an )?(?:track|log|record|list|note|notes|tally|count|chart)"
+        r"|track (?:of|your|it|them|how|when|what|the|each)|tracking|tracker|list of|make (?:a |an )?list"
+        r"|notes? (?:down|of)|(?:take|make|taking|making) (?:a )?notes?|record (?:your|it|them|how|when|what|each))\b",
+        r"\b(?:(?<!you )write|writing|written|records?|recording|notes?|lists?|tally|chart\w*|monitor\w*|calendar|planner"
+        r"|notic(?:e|ing) (?:when|how|what|the|your|if|any|each)|pay(?:ing)? (?:close )?attention to"
+        r"|keep(?:ing)? an eye on)\b"),
+    "learn": (
+        r"\b(?:books?|booklets?|workbooks?|articles?|handouts?|pamphlets?|brochures?|leaflets?|websites?|web ?sites?|apps?"
+        r"|videos?|podcasts?|audiobooks?|ted talks?|youtube|google|self-help|look (?:it |them |that |this )?up"
+        r"|looking (?:it )?up|look(?:ing)? into|read (?:up|about|more|a|an|the|this|that|some|through|over)"
+        r"|learn(?:ing)? (?:more|about|how))\b",
+        r"\b(?:read|reading|materials?|class(?:es)?|(?<!of )courses?|workshops?|learn\w*"
+        r"|research\w*|resources?)\b"),
+    "practice": (
+        r"\b(?:practi[cs](?:e|es|ed|ing)|breath\w*|relax(?:ing|ation)?|meditat\w*|mindful\w*|grounding|visuali[sz]\w*|affirmations?"
+        r"|coping (?:skills?|strateg\w*|statements?|techniques?|mechanisms?|tools?)|self[- ]talk|rehears\w*"
+        r"|role[- ]?play\w*|yoga)\b",
+        r"\b(?:try|exercis\w*|skills?|techniques?|strateg\w*|cop(?:e|ing)|distract\w*|self[- ]care)\b"),
+}
+R2_RX = {c: tuple(re.compile(p, re.I) if p else None for p in pats) for c, pats in R2_VOCAB.items()}
+
+
+def vocab_class_r2(text):
+    """(class, "strong" | "weak") of the first class with a strong match, else the first with a weak one."""
+    for strength, k in (("strong", 0), ("weak", 1)):
+        for c in R2_CLASSES:
+            rx = R2_RX[c][k]
+            if rx is not None and rx.search(text):
+                return c, strength
+    return None, None
+
+
+def largest_remainder(total, weights):
+    s = sum(weights)
+    if s == 0:
+        return [0] * len(weights)
+    raw = [total * w / s for w in weights]
+    out = [int(x) for x in raw]
+    for i in sorted(range(len(raw)), key=lambda i: (out[i] - raw[i], i))[:total - sum(out)]:
+        out[i] += 1
+    return out
+
+
+def select_round2(args):
+    rng = random.Random(R2_SEED)
+    names = tuple(ds for tier in R2_TIERS for ds in tier)
+    corpora = {n: load_sessions(n) for n in names}
+    check = verify(corpora)
+
+    # keys already labelled: real_dev + every labels/*.jsonl of the project
+    taken = {(r["dataset"], r["session_id"], r["turn"])
+             for r in read_jsonl(os.path.join(DATA, "labeled", "real_dev.jsonl"))}
+    label_files = sorted(glob.glob(os.path.join(args.labels_dir, "*.jsonl")))
+    if not label_files:
+        raise SystemExit("no labels/*.jsonl under %s (--labels-dir)" % args.labels_dir)
+    n_real = len(taken)
+    for path in label_files:
+        taken |= {(r["dataset"], r["session_id"], r["turn"]) for r in read_jsonl(path)}
+    sdev_ids = {s["session_id"] for s in read_jsonl(os.path.join(DATA, "labeled", "sessions_dev.jsonl"))}
+    # hlqc copies of AnnoMI videos: AnnoMI itself is drawn from, so the copies would be near-duplicate items
+    dup_ids = {k for k, s in corpora["hlqc"].items() if (s.get("meta") or {}).get("dup_of_annomi")}
+
+    mds = {}
+
+    def get_md(ds, sid):
+        if (ds, sid) not in mds:
+            mds[(ds, sid)] = microdialogues(corpora[ds][sid])
+        return mds[(ds, sid)]
+
+    # candidate strata: (class, tier, strength) -> keys; "random" = no vocabulary match at all
+    notes = collections.Counter()
+    strata = collections.defaultdict(list)
+    for ti, tier in enumerate(R2_TIERS):
+        for ds in tier:
+            for sid in sorted(corpora[ds]):
+                if sid in dup_ids:
+                    continue
+                for t, md in sorted(get_md(ds, sid).items()):
+                    if (ds, sid, t) in taken:
+                        notes["excluded_already_labelled"] += 1
+                        continue
+                    n_words = len(md["therapist"].split())
+                    if n_words < R2_MIN_WORDS:
+                        notes["skipped_under_%d_words" % R2_MIN_WORDS] += 1
+                        continue
+                    if ds == "counselchat" and n_words > R2_MAX_WORDS_COUNSELCHAT:
+                        notes["skipped_counselchat_over_%d_words" % R2_MAX_WORDS_COUNSELCHAT] += 1
+                        continue
+                    cls, strength = vocab_class_r2(md["therapist"])
+                    strata[(cls or "random", ti, strength or "-")].append((ds, sid, t))
+    for k in sorted(strata):
+        rng.shuffle(strata[k])
+    # per class: clinical strong, clinical weak, esconv strong, esconv weak, counselchat strong, counselchat weak
+    queues = {c: collections.deque((k, key) for k in sorted((k for k in strata if k[0] == c),
+                                                          key=lambda k: (k[1], k[2] != "strong"))
+                                   for key in strata[k]) for c in R2_CLASSES}
+
+    selected, chosen, seen_text = [], set(), set()
+    per_session = collections.Counter()
+    drawn = collections.Counter()
+
+    def add(stratum, key, why):
+        ds, sid, t = key
+        if key in chosen:
+            return False
+        if per_session[(ds, sid)] >= R2_MAX_PER_SESSION:
+            notes["skipped_session_cap"] += 1
+            return False
+        text = get_md(ds, sid)[t]["therapist"].lower()
+        if text in seen_text:  # e.g. one counselchat answer posted under several questions
+            notes["skipped_duplicate_text"] += 1
+            return False
+        chosen.add(key)
+        seen_text.add(text)
+        per_session[(ds, sid)] += 1
+        drawn[stratum] += 1
+        selected.append({"dataset": ds, "session_id": sid, "turn": t, "why": why})
+        return True
+
+    def take(cls, n):
+        """add up to n items of cls from its queue (in order); returns how many were added."""
+        got, q = 0, queues[cls]
+        while got < n and q:
+            stratum, key = q.popleft()
+            got += add(stratum, key, "r2_vocab_" + cls)
+        return got
+
+    # 1. vocabulary quotas, rarest pools first so that the session cap does not crowd them out
+    for c in R2_CLASSES:
+        take(c, R2_QUOTA[c])
+    # 2. shortfalls (small review/journal pools) go to the other classes, one item at a time
+    topup = collections.Counter()
+    need = R2_TOTAL - R2_RANDOM - len(selected)
+    while need > 0 and any(queues[c] for c in R2_TOPUP_ORDER):
+        for c in R2_TOPUP_ORDER:
+            if need > 0 and take(c, 1):
+                topup[c] += 1
+                need -= 1
+    # 3. random turns without any vocabulary match, spread over the tiers like the vocabulary items
+    tier_of = {ds: ti for ti, tier in enumerate(R2_TIERS) for ds in tier}
+    n_vocab_tier = collections.Counter(tier_of[it["dataset"]] for it in selected)
+    alloc = largest_remainder(R2_TOTAL - len(selected), [n_vocab_tier[ti] for ti in range(len(R2_TIERS))])
+    rand_q = {ti: collections.deque(strata.get(("random", ti, "-"), [])) for ti in range(len(R2_TIERS))}
+    for ti in range(len(R2_TIERS)):
+        while alloc[ti] > 0 and rand_q[ti]:
+            alloc[ti] -= add(("random", ti, "-"), rand_q[ti].popleft(), "r2_random")
+    for ti in range(len(R2_TIERS)):  # a tier short of random turns: the next tiers fill in
+        while len(selected) < R2_TOTAL and rand_q[ti]:
+            add(("random", ti, "-"), rand_q[ti].popleft(), "r2_random")
+
+    # stratified deal into batches of BATCH_SIZE (each batch gets its share of every why x dataset)
+    n_batches = -(-len(selected) // BATCH_SIZE)
+    rng.shuffle(selected)
+    selected.sort(key=lambda it: (it["why"], it["dataset"]))
+    batches = [[] for _ in range(n_batches)]
+    for k, it in enumerate(selected):
+        batches[k % n_batches].append(it)
+    for b in batches:
+        rng.shuffle(b)
+
+    os.makedirs(args.out, exist_ok=True)
+    n = R2_ID_OFFSET
+    for bi, b in enumerate(batches, R2_BATCH_OFFSET + 1):
+        with open(os.path.join(args.out, "batch_%02d.txt" % bi), "w", encoding="utf-8") as ft, \
+             open(os.path.join(args.out, "batch_%02d.meta.jsonl" % bi), "w", encoding="utf-8") as fm:
+            for it in b:
+                n += 1
+                it["id"] = "b%05d" % n
+                ft.write(render(it["id"], get_md(it["dataset"], it["session_id"])[it["turn"]]) + "\n")
+                fm.write(json.dumps({k: it[k] for k in ("id", "dataset", "session_id", "turn", "why")}) + "\n")
+
+    allit = [it for b in batches for it in b]
+
+    def skey(k):
+        return "{}|{}|{}".format(k[0], "+".join(R2_TIERS[k[1]]), k[2])
+
+    summary = {
+        "round": 2, "seed": R2_SEED, "n_items": len(allit), "n_batches": n_batches, "batch_size": BATCH_SIZE,
+        "ids": [allit[0]["id"], allit[-1]["id"]] if allit else [],
+        "batch_files": ["batch_%02d" % (R2_BATCH_OFFSET + 1), "batch_%02d" % (R2_BATCH_OFFSET + n_batches)],
+        "definition_check": check,
+        "quota": dict(R2_QUOTA, random=R2_RANDOM, total=R2_TOTAL), "topup_over_quota": dict(topup),
+        "per_why": dict(collections.Counter(it["why"] for it in allit)),
+        "per_dataset": dict(collections.Counter(it["dataset"] for it in allit)),
+        "per_why_dataset": {"{}|{}".format(*k): v for k, v in
+                            sorted(collections.Counter((it["why"], it["dataset"]) for it in allit).items())},
+        # stratum = class|tier|strength: pool size and items drawn (inclusion rate = drawn / pool)
+        "strata_pool": {skey(k): len(v) for k, v in sorted(strata.items())},
+        "strata_drawn": {skey(k): v for k, v in sorted(drawn.items())},
+        "clinical_items": sum(it["dataset"] in CLINICAL for it in allit),
+        "items_in_sessions_dev_sessions": sum(it["session_id"] in sdev_ids for it in allit),
+        "max_items_per_session": max(per_session.values()) if per_session else 0,
+        "excluded_keys": {"real_dev": n_real, "labels_files": [os.path.basename(p) for p in label_files],
+                          "all": len(taken)},
+        "excluded_hlqc_dup_of_annomi_sessions": len(dup_ids),
+        "notes": dict(notes),
+        "per_batch_why": [dict(collections.Counter(it["why"] for it in b)) for b in batches],
+    }
+    with open(os.path.join(args.out, "selection_summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    print(json.dumps({k: v for k, v in summary.items()
+                      if k not in ("per_batch_why", "definition_check", "strata_pool", "strata_drawn")}, indent=1))
+
+
 # ---------------------------------------------------------------- selection
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True, help="batch folder, outside the repository (it holds corpus text)")
     ap.add_argument("--verify-only", action="store_true")
+    ap.add_argument("--round", type=int, choices=(1, 2), default=1,
+                    help="1: the round-1 batches (a-ids); 2: rare-class/review candidates (b-ids)")
+    ap.add_argument("--labels-dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "labels"),
+                    help="round 2: keys in its *.jsonl files are excluded (as are real_dev keys)")
     args = ap.parse_args()
+    if args.round == 2 and not args.verify_only:
+        return select_round2(args)
     rng = random.Random(SEED)
 
     names = CLINICAL + ("esconv", "esconv_failed")
