@@ -17,6 +17,9 @@ Microdialogue definition (verified on labeled/real_dev.jsonl, see verify()):
 
 --round 1 (default): the 1,920 items of labels/clinical_2026-12.jsonl (ids a00001.., batch_01..16).
 --round 2: candidates for the rare classes (practice, journal, learn) and review turns, see select_round2().
+  Reproduce with --labels-dir pointing at a folder holding only clinical_2026-12.jsonl (the labels of that time).
+--round 3: 240 learn/journal-vocabulary candidates (c-ids, batch_27..28), see select_round3(); run as
+  --round 3 --exclude-batches /work/annot/batches --exclude-batches /work/annot2/batches --out /work/annot3/batches
 """
 import argparse
 import collections
@@ -222,6 +225,32 @@ def vocab_class_r2(text):
     return None, None
 
 
+def deal_batches(selected, n_batches, rng):
+    """stratified deal into n_batches (each batch gets its share of every why x dataset), then shuffle each."""
+    rng.shuffle(selected)
+    selected.sort(key=lambda it: (it["why"], it["dataset"]))
+    batches = [[] for _ in range(n_batches)]
+    for k, it in enumerate(selected):
+        batches[k % n_batches].append(it)
+    for b in batches:
+        rng.shuffle(b)
+    return batches
+
+
+def write_batches(out, batches, batch_offset, id_prefix, id_offset, get_md):
+    """batch_NN.txt (annotator view) + batch_NN.meta.jsonl; numbers batches and ids after the offsets."""
+    os.makedirs(out, exist_ok=True)
+    n = id_offset
+    for bi, b in enumerate(batches, batch_offset + 1):
+        with open(os.path.join(out, "batch_%02d.txt" % bi), "w", encoding="utf-8") as ft, \
+             open(os.path.join(out, "batch_%02d.meta.jsonl" % bi), "w", encoding="utf-8") as fm:
+            for it in b:
+                n += 1
+                it["id"] = "%s%05d" % (id_prefix, n)
+                ft.write(render(it["id"], get_md(it["dataset"], it["session_id"])[it["turn"]]) + "\n")
+                fm.write(json.dumps({k: it[k] for k in ("id", "dataset", "session_id", "turn", "why")}) + "\n")
+
+
 def largest_remainder(total, weights):
     s = sum(weights)
     if s == 0:
@@ -340,26 +369,9 @@ def select_round2(args):
         while len(selected) < R2_TOTAL and rand_q[ti]:
             add(("random", ti, "-"), rand_q[ti].popleft(), "r2_random")
 
-    # stratified deal into batches of BATCH_SIZE (each batch gets its share of every why x dataset)
     n_batches = -(-len(selected) // BATCH_SIZE)
-    rng.shuffle(selected)
-    selected.sort(key=lambda it: (it["why"], it["dataset"]))
-    batches = [[] for _ in range(n_batches)]
-    for k, it in enumerate(selected):
-        batches[k % n_batches].append(it)
-    for b in batches:
-        rng.shuffle(b)
-
-    os.makedirs(args.out, exist_ok=True)
-    n = R2_ID_OFFSET
-    for bi, b in enumerate(batches, R2_BATCH_OFFSET + 1):
-        with open(os.path.join(args.out, "batch_%02d.txt" % bi), "w", encoding="utf-8") as ft, \
-             open(os.path.join(args.out, "batch_%02d.meta.jsonl" % bi), "w", encoding="utf-8") as fm:
-            for it in b:
-                n += 1
-                it["id"] = "b%05d" % n
-                ft.write(render(it["id"], get_md(it["dataset"], it["session_id"])[it["turn"]]) + "\n")
-                fm.write(json.dumps({k: it[k] for k in ("id", "dataset", "session_id", "turn", "why")}) + "\n")
+    batches = deal_batches(selected, n_batches, rng)
+    write_batches(args.out, batches, R2_BATCH_OFFSET, "b", R2_ID_OFFSET, get_md)
 
     allit = [it for b in batches for it in b]
 
@@ -394,18 +406,204 @@ def select_round2(args):
                       if k not in ("per_batch_why", "definition_check", "strata_pool", "strata_drawn")}, indent=1))
 
 
+# ---------------------------------------------------------------- round 3
+# Round 3 is a small top-up for the two classes still short of 150 real items after round 2
+# (learn 121, journal 137): 240 items (batch_27..28, ids c03121..) of therapist utterances that match
+# the round-2 journal or learn vocabulary (R2_VOCAB; review/practice wording is ignored here). Sources in
+# tier order: CounselChat answers (<= 250 words; the client question is the context), ESConv, then any
+# clinical matches left. Class = first of R3_CLASSES with a strong match, else the first with a weak
+# match; per class, strong strata of every tier are drawn before any weak stratum. Excluded: real_dev,
+# every labels/*.jsonl, the keys of any --exclude-batches *.meta.jsonl, and therapist texts equal to an
+# excluded item's text (the same CounselChat answer is often posted under several questions).
+# A class whose pool runs out hands its shortfall to the other (R3_TOPUP_ORDER).
+R3_SEED = 73
+R3_TIERS = (("counselchat",), ("esconv", "esconv_failed"), CLINICAL)
+R3_CLASSES = ("journal", "learn")
+R3_QUOTA = {"journal": 90, "learn": 150}
+R3_TOPUP_ORDER = ("journal", "learn")
+R3_TOTAL = 240
+R3_MAX_PER_SESSION = 4
+R3_MIN_WORDS = 6
+R3_MAX_WORDS_COUNSELCHAT = 250
+R3_ID_OFFSET = R2_ID_OFFSET + R2_TOTAL          # round 2 used b01921..b03120
+R3_BATCH_OFFSET = R2_BATCH_OFFSET + R2_TOTAL // BATCH_SIZE   # round 2 used batch_17..batch_26
+
+
+def vocab_class_r3(text):
+    """(class, "strong" | "weak") over R3_CLASSES only, strong matches first."""
+    for strength, k in (("strong", 0), ("weak", 1)):
+        for c in R3_CLASSES:
+            if R2_RX[c][k].search(text):
+                return c, strength
+    return None, None
+
+
+def select_round3(args):
+    rng = random.Random(R3_SEED)
+    names = tuple(ds for tier in R3_TIERS for ds in tier)
+    corpora = {n: load_sessions(n) for n in names}
+    check = verify(corpora)
+
+    real = read_jsonl(os.path.join(DATA, "labeled", "real_dev.jsonl"))
+    taken = {(r["dataset"], r["session_id"], r["turn"]) for r in real}
+    n_real = len(taken)
+    label_files = sorted(glob.glob(os.path.join(args.labels_dir, "*.jsonl")))
+    if not label_files:
+        raise SystemExit("no labels/*.jsonl under %s (--labels-dir)" % args.labels_dir)
+    label_keys = set()
+    for path in label_files:
+        label_keys |= {(r["dataset"], r["session_id"], r["turn"]) for r in read_jsonl(path)}
+    taken |= label_keys
+    meta_files = sorted(p for d in args.exclude_batches for p in glob.glob(os.path.join(d, "*.meta.jsonl")))
+    if args.exclude_batches and not meta_files:
+        raise SystemExit("no *.meta.jsonl under %s (--exclude-batches)" % ", ".join(args.exclude_batches))
+    batch_keys = set()
+    for path in meta_files:
+        batch_keys |= {(r["dataset"], r["session_id"], r["turn"]) for r in read_jsonl(path)}
+    taken |= batch_keys
+    sdev_ids = {s["session_id"] for s in read_jsonl(os.path.join(DATA, "labeled", "sessions_dev.jsonl"))}
+    dup_ids = {k for k, s in corpora["hlqc"].items() if (s.get("meta") or {}).get("dup_of_annomi")}
+
+    mds = {}
+
+    def get_md(ds, sid):
+        if (ds, sid) not in mds:
+            mds[(ds, sid)] = microdialogues(corpora[ds][sid])
+        return mds[(ds, sid)]
+
+    # therapist texts already labelled or in an earlier batch (keys of corpora not loaded here are skipped)
+    taken_text = set()
+    for ds, sid, t in taken:
+        md = get_md(ds, sid).get(t) if ds in corpora and sid in corpora[ds] else None
+        if md is not None:
+            taken_text.add(md["therapist"].lower())
+
+    notes = collections.Counter()
+    strata = collections.defaultdict(list)
+    for ti, tier in enumerate(R3_TIERS):
+        for ds in tier:
+            for sid in sorted(corpora[ds]):
+                if sid in dup_ids:
+                    continue
+                for t, md in sorted(get_md(ds, sid).items()):
+                    if (ds, sid, t) in taken:
+                        notes["excluded_already_labelled_or_batched"] += 1
+                        continue
+                    n_words = len(md["therapist"].split())
+                    if n_words < R3_MIN_WORDS:
+                        notes["skipped_under_%d_words" % R3_MIN_WORDS] += 1
+                        continue
+                    if ds == "counselchat" and n_words > R3_MAX_WORDS_COUNSELCHAT:
+                        notes["skipped_counselchat_over_%d_words" % R3_MAX_WORDS_COUNSELCHAT] += 1
+                        continue
+                    cls, strength = vocab_class_r3(md["therapist"])
+                    if cls is not None:
+                        strata[(cls, ti, strength)].append((ds, sid, t))
+    for k in sorted(strata):
+        rng.shuffle(strata[k])
+    # per class: strong of every tier (counselchat, esconv, clinical), then weak of every tier
+    queues = {c: collections.deque((k, key) for k in sorted((k for k in strata if k[0] == c),
+                                                          key=lambda k: (k[2] != "strong", k[1]))
+                                   for key in strata[k]) for c in R3_CLASSES}
+
+    selected, chosen, seen_text = [], set(), set()
+    per_session = collections.Counter()
+    drawn = collections.Counter()
+
+    def add(stratum, key, why):
+        ds, sid, t = key
+        if key in chosen:
+            return False
+        if per_session[(ds, sid)] >= R3_MAX_PER_SESSION:
+            notes["skipped_session_cap"] += 1
+            return False
+        text = get_md(ds, sid)[t]["therapist"].lower()
+        if text in taken_text:
+            notes["skipped_text_already_labelled_or_batched"] += 1
+            return False
+        if text in seen_text:
+            notes["skipped_duplicate_text"] += 1
+            return False
+        chosen.add(key)
+        seen_text.add(text)
+        per_session[(ds, sid)] += 1
+        drawn[stratum] += 1
+        selected.append({"dataset": ds, "session_id": sid, "turn": t, "why": why})
+        return True
+
+    def take(cls, n):
+        got, q = 0, queues[cls]
+        while got < n and q:
+            stratum, key = q.popleft()
+            got += add(stratum, key, "r3_vocab_" + cls)
+        return got
+
+    for c in R3_CLASSES:
+        take(c, R3_QUOTA[c])
+    topup = collections.Counter()
+    need = R3_TOTAL - len(selected)
+    while need > 0 and any(queues[c] for c in R3_TOPUP_ORDER):
+        for c in R3_TOPUP_ORDER:
+            if need > 0 and take(c, 1):
+                topup[c] += 1
+                need -= 1
+
+    n_batches = -(-len(selected) // BATCH_SIZE)
+    batches = deal_batches(selected, n_batches, rng)
+    write_batches(args.out, batches, R3_BATCH_OFFSET, "c", R3_ID_OFFSET, get_md)
+
+    allit = [it for b in batches for it in b]
+
+    def skey(k):
+        return "{}|{}|{}".format(k[0], "+".join(R3_TIERS[k[1]]), k[2])
+
+    summary = {
+        "round": 3, "seed": R3_SEED, "n_items": len(allit), "n_batches": n_batches, "batch_size": BATCH_SIZE,
+        "ids": [allit[0]["id"], allit[-1]["id"]] if allit else [],
+        "batch_files": ["batch_%02d" % (R3_BATCH_OFFSET + 1), "batch_%02d" % (R3_BATCH_OFFSET + n_batches)],
+        "definition_check": check,
+        "quota": dict(R3_QUOTA, total=R3_TOTAL), "topup_over_quota": dict(topup),
+        "per_why": dict(collections.Counter(it["why"] for it in allit)),
+        "per_dataset": dict(collections.Counter(it["dataset"] for it in allit)),
+        "per_why_dataset": {"{}|{}".format(*k): v for k, v in
+                            sorted(collections.Counter((it["why"], it["dataset"]) for it in allit).items())},
+        # stratum = class|tier|strength: pool size and items drawn (inclusion rate = drawn / pool)
+        "strata_pool": {skey(k): len(v) for k, v in sorted(strata.items())},
+        "strata_drawn": {skey(k): v for k, v in sorted(drawn.items())},
+        "clinical_items": sum(it["dataset"] in CLINICAL for it in allit),
+        "items_in_sessions_dev_sessions": sum(it["session_id"] in sdev_ids for it in allit),
+        "max_items_per_session": max(per_session.values()) if per_session else 0,
+        "excluded_keys": {"real_dev": n_real, "labels_files": [os.path.basename(p) for p in label_files],
+                          "labels": len(label_keys), "batch_meta_files": len(meta_files),
+                          "batch_keys": len(batch_keys), "batch_keys_not_in_labels": len(batch_keys - label_keys),
+                          "all": len(taken)},
+        "excluded_hlqc_dup_of_annomi_sessions": len(dup_ids),
+        "notes": dict(notes),
+        "per_batch_why": [dict(collections.Counter(it["why"] for it in b)) for b in batches],
+    }
+    with open(os.path.join(args.out, "selection_summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    print(json.dumps({k: v for k, v in summary.items()
+                      if k not in ("per_batch_why", "definition_check", "strata_pool", "strata_drawn")}, indent=1))
+
+
 # ---------------------------------------------------------------- selection
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True, help="batch folder, outside the repository (it holds corpus text)")
     ap.add_argument("--verify-only", action="store_true")
-    ap.add_argument("--round", type=int, choices=(1, 2), default=1,
-                    help="1: the round-1 batches (a-ids); 2: rare-class/review candidates (b-ids)")
+    ap.add_argument("--round", type=int, choices=(1, 2, 3), default=1,
+                    help="1: the round-1 batches (a-ids); 2: rare-class/review candidates (b-ids); "
+                         "3: learn/journal top-up (c-ids)")
     ap.add_argument("--labels-dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "labels"),
-                    help="round 2: keys in its *.jsonl files are excluded (as are real_dev keys)")
+                    help="rounds 2-3: keys in its *.jsonl files are excluded (as are real_dev keys)")
+    ap.add_argument("--exclude-batches", action="append", default=[], metavar="DIR",
+                    help="round 3 (repeatable): keys in DIR/*.meta.jsonl (earlier batches) are excluded too")
     args = ap.parse_args()
     if args.round == 2 and not args.verify_only:
         return select_round2(args)
+    if args.round == 3 and not args.verify_only:
+        return select_round3(args)
     rng = random.Random(SEED)
 
     names = CLINICAL + ("esconv", "esconv_failed")
