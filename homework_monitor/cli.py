@@ -24,6 +24,7 @@ import traceback
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from homework_monitor.stream.config import Settings
 
@@ -109,25 +110,26 @@ class Rejects:
 
 
 def iter_lines(path: Path, max_bytes: int) -> Iterator[tuple[int, bytes | None]]:
-    """(line number, bytes) of each non-blank line; None for a line over ``max_bytes``, which is
-    skipped without being held in memory."""
+    """(line number, bytes without the line break) of each non-blank line; None for a line over
+    ``max_bytes``, which is skipped without being held in memory."""
     with open(path, "rb") as fh:
         line_no = 0
         while True:
-            line = fh.readline(max_bytes + 1)
+            line = fh.readline(max_bytes + 2)  # the longest allowed line and its CR LF
             if not line:
                 return
             line_no += 1
-            if len(line) > max_bytes:
+            content = line.rstrip(b"\r\n")
+            if len(content) > max_bytes:
                 while line and not line.endswith(b"\n"):  # skip the rest of the long line
                     line = fh.readline(1 << 20)
                 yield line_no, None
-            elif line.strip():
-                yield line_no, line
+            elif content.strip():
+                yield line_no, content
 
 
 def read_checked(path: Path, check, rejects: Rejects, *, max_bytes: int, max_text_chars: int,
-                 allow_non_finite: bool = False) -> list[tuple[int, object]]:
+                 allow_non_finite: bool = False) -> list[tuple[int, Any]]:
     """The lines ``check`` accepts, as (line number, value); the others are recorded in ``rejects``."""
     from homework_monitor.stream.validation import Rejected, parse_line
     good = []
@@ -171,7 +173,9 @@ def cmd_classify(a, settings: Settings) -> int:
                                        max_text_chars=settings.max_text_chars)]
     examples = [Example(therapist=r.therapist, client=r.client,
                         context=tuple((t.speaker, t.text) for t in r.context)) for r in rows]
-    probs = probs_for(make_classifier(settings, a.triton_url, a.artifact), examples, progress=True)
+    # Nothing to classify (every line refused, or none): no model to load.
+    probs = probs_for(make_classifier(settings, a.triton_url, a.artifact), examples, progress=True) \
+        if examples else []
     out = (ClassifyOutput(id=r.id, label=CLASSES[int(p.argmax())],
                           scores={c: round(float(v), 6) for c, v in zip(CLASSES, p)}).model_dump_json()
            for r, p in zip(rows, probs))

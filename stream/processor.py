@@ -26,7 +26,7 @@ from .windowing import Microdialogue, SessionState, WindowConfig, apply_message
 
 @dataclass(frozen=True)
 class InboundRecord:
-    value: bytes | str | dict
+    value: bytes | str | dict | None  # None: a record with a null value (a tombstone)
     key: str | None = None
     partition: int | None = None
     offset: int | None = None
