@@ -17,10 +17,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import threading
-from collections.abc import Sequence
+import traceback
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from homework_monitor.stream.config import Settings
 
@@ -48,45 +52,158 @@ def make_classifier(settings: Settings, triton_url: str | None, artifact: Path |
     return InProcessClassifier(artifact or settings.artifact_dir)
 
 
-def probs_for(classifier, examples):
-    """Run an async classifier once from synchronous CLI code: [n, 5] probabilities."""
+# A multiple of the in-process model's batch (32), so chunking changes no batch and no probability.
+PROGRESS_CHUNK = 256
+
+
+def probs_for(classifier, examples, progress: bool = False):
+    """Run an async classifier once from synchronous CLI code: [n, 5] probabilities.
+
+    With ``progress``, a bar on stderr (only on a terminal) counts classified microdialogues."""
+    import numpy as np
+    from tqdm import tqdm
+
     async def run():
         await classifier.start()
         try:
-            return await classifier.classify(examples)
+            if not progress:
+                return await classifier.classify(examples)
+            parts = []
+            with tqdm(total=len(examples), desc="classify", unit="microdialogue", file=sys.stderr,
+                      disable=None, leave=False) as bar:
+                for i in range(0, len(examples), PROGRESS_CHUNK):
+                    chunk = examples[i:i + PROGRESS_CHUNK]
+                    parts.append(await classifier.classify(chunk))
+                    bar.update(len(chunk))
+            return np.concatenate(parts) if parts else await classifier.classify(examples)
         finally:
             await classifier.close()
     return asyncio.run(run())
 
 
+# --- offline input: the worker's validation, line by line ----------------------------------------
+def rejects_path(output: Path) -> Path:
+    """Where refused input lines go: beside the output, ``labels.jsonl`` -> ``labels.rejects.jsonl``."""
+    return output.with_name(f"{output.stem}.rejects.jsonl")
+
+
+class Rejects:
+    """Refused input lines: line number, reason and a detail that names fields, never their text."""
+
+    def __init__(self, input_path: Path):
+        self.input_path = input_path
+        self.rows: list[dict] = []
+
+    def add(self, line_no: int, reason: str, detail: str) -> None:
+        self.rows.append({"line": line_no, "reason": reason, "detail": detail})
+
+    def finish(self, output: Path) -> int:
+        """Write the rejects file (always, empty when nothing was refused); one line on stderr; exit code."""
+        path = rejects_path(output)
+        _write_jsonl(path, self.rows)
+        if not self.rows:
+            return 0
+        reasons = Counter(r["reason"] for r in self.rows)
+        print(f"error: rejected {len(self.rows)} line(s) of {self.input_path} "
+              f"({', '.join(f'{k}: {v}' for k, v in sorted(reasons.items()))}) -> {path}", file=sys.stderr)
+        return 2
+
+
+def iter_lines(path: Path, max_bytes: int) -> Iterator[tuple[int, bytes | None]]:
+    """(line number, bytes without the line break) of each non-blank line; None for a line over
+    ``max_bytes``, which is skipped without being held in memory."""
+    with open(path, "rb") as fh:
+        line_no = 0
+        while True:
+            line = fh.readline(max_bytes + 2)  # the longest allowed line and its CR LF
+            if not line:
+                return
+            line_no += 1
+            content = line.rstrip(b"\r\n")
+            if len(content) > max_bytes:
+                while line and not line.endswith(b"\n"):  # skip the rest of the long line
+                    line = fh.readline(1 << 20)
+                yield line_no, None
+            elif content.strip():
+                yield line_no, content
+
+
+def read_checked(path: Path, check, rejects: Rejects, *, max_bytes: int, max_text_chars: int,
+                 allow_non_finite: bool = False) -> list[tuple[int, Any]]:
+    """The lines ``check`` accepts, as (line number, value); the others are recorded in ``rejects``."""
+    from homework_monitor.stream.validation import Rejected, parse_line
+    good = []
+    for line_no, data in iter_lines(path, max_bytes):
+        if data is None:
+            rejects.add(line_no, "oversized_payload", f"line longer than {max_bytes} bytes")
+            continue
+        checked = parse_line(data, check, max_bytes=max_bytes, max_text_chars=max_text_chars,
+                             allow_non_finite=allow_non_finite)
+        if isinstance(checked, Rejected):
+            rejects.add(line_no, checked.reason, checked.detail)
+        else:
+            good.append((line_no, checked.message))
+    return good
+
+
+def read_sessions_checked(path: Path, settings: Settings, rejects: Rejects):
+    """Session lines -> [(session_id, utterances)], each utterance validated as the worker does; a
+    session with any invalid utterance is refused whole (its line number in ``rejects``)."""
+    from homework_monitor.stream.offline import MAX_SESSION_LINE_BYTES, checked_session
+    # Corpus files carry NaN in metadata nobody reads; the fields that are read still refuse it.
+    return [v for _, v in read_checked(path, checked_session, rejects, max_bytes=MAX_SESSION_LINE_BYTES,
+                                       max_text_chars=settings.max_text_chars, allow_non_finite=True)]
+
+
+def window_checked_sessions(sessions, settings: Settings) -> list:
+    from homework_monitor.stream.processor import window_config
+    from homework_monitor.stream.windowing import window_session
+    cfg = window_config(settings)
+    return [window_session(utterances, cfg, sid) for sid, utterances in sessions]
+
+
 # --- classify / summarize / review -------------------------------------------------------------
-def cmd_classify(a, settings: Settings) -> None:
+def cmd_classify(a, settings: Settings) -> int:
     from homework_monitor.contract import CLASSES, Example
-    from homework_monitor.stream.schemas import ClassifyInput, ClassifyOutput
-    rows = [ClassifyInput.model_validate(d) for d in _read_jsonl(a.input)]
+    from homework_monitor.stream.schemas import ClassifyOutput
+    from homework_monitor.stream.validation import check_classify_input, classify_line_limit
+    rejects = Rejects(a.input)
+    rows = [r for _, r in read_checked(a.input, check_classify_input, rejects,
+                                       max_bytes=classify_line_limit(settings.max_text_chars),
+                                       max_text_chars=settings.max_text_chars)]
     examples = [Example(therapist=r.therapist, client=r.client,
                         context=tuple((t.speaker, t.text) for t in r.context)) for r in rows]
-    probs = probs_for(make_classifier(settings, a.triton_url, a.artifact), examples)
+    # Nothing to classify (every line refused, or none): no model to load.
+    probs = probs_for(make_classifier(settings, a.triton_url, a.artifact), examples, progress=True) \
+        if examples else []
     out = (ClassifyOutput(id=r.id, label=CLASSES[int(p.argmax())],
                           scores={c: round(float(v), 6) for c, v in zip(CLASSES, p)}).model_dump_json()
            for r, p in zip(rows, probs))
     print(f"classified {_write_jsonl(a.output, out)} microdialogues -> {a.output}", file=sys.stderr)
+    return rejects.finish(a.output)
+
+
+def summarize_windowed_sessions(windowed: list, classifier, threshold: float, progress: bool = False):
+    from homework_monitor.stream.offline import summarize_all
+    probs = probs_for(classifier, [m.example() for _, mds in windowed for m in mds], progress=progress)
+    return summarize_all(windowed, probs, threshold, classifier.model_version)
 
 
 def summarize_corpus_sessions(sessions: list[dict], classifier, threshold: float,
                               settings: Settings | None = None):
-    from homework_monitor.stream.offline import summarize_all, windowed_sessions
+    """Summaries of trusted corpus sessions (dicts), as the worker would give them."""
+    from homework_monitor.stream.offline import windowed_sessions
     from homework_monitor.stream.processor import window_config
     windowed = list(windowed_sessions(sessions, window_config(settings or Settings())))
-    probs = probs_for(classifier, [m.example() for _, mds in windowed for m in mds])
-    return summarize_all(windowed, probs, threshold, classifier.model_version)
+    return summarize_windowed_sessions(windowed, classifier, threshold)
 
 
-def cmd_summarize(a, settings: Settings) -> None:
-    sessions = _read_jsonl(a.input)
+def cmd_summarize(a, settings: Settings) -> int:
+    rejects = Rejects(a.input)
+    windowed = window_checked_sessions(read_sessions_checked(a.input, settings, rejects), settings)
     threshold = a.threshold if a.threshold is not None else settings.event_threshold
-    summaries = summarize_corpus_sessions(sessions, make_classifier(settings, a.triton_url, a.artifact), threshold,
-                                          settings)
+    summaries = summarize_windowed_sessions(windowed, make_classifier(settings, a.triton_url, a.artifact),
+                                            threshold, progress=True)
     rows = [{"session_id": s.session_id, "homework_assigned": s.homework_assigned, "categories": s.categories,
              "assignments": [{"turn": x.turn, "category": x.category, "confidence": x.confidence,
                               "start_s": x.start_s, "quote": x.quote} for x in s.assignments]}
@@ -98,17 +215,17 @@ def cmd_summarize(a, settings: Settings) -> None:
         truth = {d["session_id"]: d["homework"] for d in _read_jsonl(a.truth)}
         m = session_metrics(truth, {r["session_id"]: r["homework_assigned"] for r in rows})
         print(json.dumps({"threshold": threshold, **m}, indent=2))
+    return rejects.finish(a.output)
 
 
-def cmd_review(a, settings: Settings) -> None:
+def cmd_review(a, settings: Settings) -> int:
     """Active learning: microdialogues whose top probability is lowest go to expert review."""
-    from homework_monitor.stream.offline import windowed_sessions
-    from homework_monitor.stream.processor import window_config
     from homework_monitor.stream.schemas import CLASSES
-    sessions = _read_jsonl(a.input)
-    windowed = list(windowed_sessions(sessions, window_config(settings)))
+    rejects = Rejects(a.input)
+    windowed = window_checked_sessions(read_sessions_checked(a.input, settings, rejects), settings)
     mds = [m for _, ms in windowed for m in ms]
-    probs = probs_for(make_classifier(settings, a.triton_url, a.artifact), [m.example() for m in mds])
+    probs = probs_for(make_classifier(settings, a.triton_url, a.artifact), [m.example() for m in mds],
+                      progress=True)
     rows = []
     for md, p in zip(mds, probs):
         top = float(p.max())
@@ -121,6 +238,7 @@ def cmd_review(a, settings: Settings) -> None:
     rows.sort(key=lambda r: r["confidence"])
     n = _write_jsonl(a.output, rows[: a.limit])
     print(f"{n} of {len(mds)} microdialogues below confidence {a.max_confidence} -> {a.output}", file=sys.stderr)
+    return rejects.finish(a.output)
 
 
 # --- services ----------------------------------------------------------------------------------
@@ -272,10 +390,20 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--limit", type=int)
     r.set_defaults(func=cmd_replay)
 
+    offline_epilog = (
+        "Input lines are validated as the worker validates messages (same limits, HWM_MAX_TEXT_CHARS for "
+        "text). Good lines are processed and written; refused lines go to OUTPUT's rejects file "
+        "(labels.jsonl -> labels.rejects.jsonl, written on every run) as line number, reason and a detail "
+        "that never holds their text. Exit status: 0 when every line was processed, 2 when any was refused, "
+        "1 on any other error.")
+    session_epilog = (" A session with any invalid utterance is refused as a whole (one rejects row with "
+                      "its line number and the index of the first invalid utterance): a summary of part "
+                      "of a session would read as the summary of all of it.")
     for name, func, helptext in (("classify", cmd_classify, "classify microdialogues"),
                                  ("summarize", cmd_summarize, "summarize whole sessions"),
                                  ("review", cmd_review, "export low-confidence predictions")):
-        c = sub.add_parser(name, help=helptext)
+        c = sub.add_parser(name, help=helptext, description=helptext,
+                           epilog=offline_epilog + (session_epilog if name != "classify" else ""))
         c.add_argument("--input", type=Path, required=True)
         c.add_argument("--output", type=Path, required=True)
         c.add_argument("--triton-url", help="host:port of Triton gRPC (default: in process)")
@@ -300,10 +428,33 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def describe_error(exc: BaseException) -> str:
+    """One line about an unexpected error: its type and where it was raised, never its message
+    (messages can quote input records); for OS errors the reason and the path."""
+    where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    at = f" at {Path(where.filename).name}:{where.lineno} in {where.name}" if where else ""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{type(exc).__name__}: {exc.strerror}: {exc.filename}" if exc.filename else \
+            f"{type(exc).__name__}: {exc.strerror}{at}"
+    return f"{type(exc).__name__}{at}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Exit status: 0 done; 1 an error (one line on stderr; HWM_DEBUG=1 raises it with its traceback);
+    2 a usage error, or offline input lines refused (see each command's --help)."""
     args = build_parser().parse_args(argv)
-    args.func(args, Settings())
+    try:
+        return args.func(args, Settings()) or 0
+    except KeyboardInterrupt:
+        print(f"homework-monitor {args.cmd}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if os.environ.get("HWM_DEBUG") == "1":
+            raise
+        print(f"homework-monitor {args.cmd}: error: {describe_error(exc)} "
+              "(HWM_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

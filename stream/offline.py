@@ -9,23 +9,51 @@ import time
 from collections.abc import Iterable, Sequence
 
 import numpy as np
+from pydantic import ValidationError
 
 from .aggregation import decide, homework_event, record_assignment, session_summary
-from .schemas import CLASSES, SessionSummary, Utterance
+from .schemas import CLASSES, CorpusSession, SessionSummary, Utterance
+from .validation import Ok, Rejected, check_inbound, field_paths
 from .windowing import Microdialogue, WindowConfig, window_session
+
+# The longest session line of the shared corpora is 77 KB; a line beyond this is refused undecoded.
+MAX_SESSION_LINE_BYTES = 64 * 1024 * 1024
+
+
+def _wire_records(session: dict) -> list[tuple[int, dict]]:
+    """Corpus-schema session -> (index in the session, wire record) as a live diarizer would send
+    them: therapist and client only, seq dense from 0 (the index in the session when, as in every
+    corpus here, there are no other speakers), empty text replaced so it is not dead-lettered."""
+    meta = session.get("meta") or {}
+    keep = {k: meta[k] for k in ("therapist_id", "client_id", "program_id", "scheduled_minutes")
+            if meta.get(k) is not None}
+    spoken = [(i, u) for i, u in enumerate(session["utterances"]) if u["speaker"] in ("therapist", "client")]
+    return [(i, {"type": "utterance", "session_id": session["session_id"], "seq": seq, "speaker": u["speaker"],
+                 "text": u["text"] if u["text"].strip() else "…", "start_s": u.get("start_s"),
+                 "end_s": u.get("end_s"), **keep})
+            for seq, (i, u) in enumerate(spoken)]
 
 
 def session_utterances(session: dict) -> list[Utterance]:
-    """Corpus-schema session -> Utterances, as a live diarizer would send them: therapist and client
-    only, seq dense from 0 (the index in the session when, as in every corpus here, there are no
-    other speakers), empty text replaced so it is not dead-lettered."""
-    meta = session.get("meta") or {}
-    keep = {k: meta.get(k) for k in ("therapist_id", "client_id", "program_id", "scheduled_minutes")}
-    spoken = [u for u in session["utterances"] if u["speaker"] in ("therapist", "client")]
-    return [Utterance(session_id=session["session_id"], seq=i, speaker=u["speaker"],
-                      text=u["text"] if u["text"].strip() else "…", start_s=u.get("start_s"),
-                      end_s=u.get("end_s"), **keep)
-            for i, u in enumerate(spoken)]
+    """Corpus-schema session -> Utterances (trusted corpora: training, replay)."""
+    return [Utterance.model_validate(r) for _, r in _wire_records(session)]
+
+
+def checked_session(obj: dict, *, max_text_chars: int) -> Ok | Rejected:
+    """A decoded session line -> Ok((session_id, utterances)), each utterance validated exactly as the
+    worker validates it, or the first refusal: the whole session is refused, since a summary of part
+    of a session would read as the summary of all of it."""
+    try:
+        session = CorpusSession.model_validate(obj)
+    except ValidationError as exc:
+        return Rejected("schema_error", field_paths(exc))
+    utterances = []
+    for i, record in _wire_records(session.model_dump()):
+        checked = check_inbound(record, max_text_chars=max_text_chars)
+        if isinstance(checked, Rejected):
+            return Rejected(checked.reason, f"utterances.{i}: {checked.detail}")
+        utterances.append(checked.message)
+    return Ok((session.session_id, utterances))
 
 
 def windowed_sessions(sessions: Iterable[dict], cfg: WindowConfig):

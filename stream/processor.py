@@ -4,6 +4,10 @@ No Kafka or Faust here: the worker's agent hands in records and a state lookup, 
 comes back, so the same code runs under ``agent.test_context()`` and in unit tests. Order matters
 and is kept: messages apply in arrival order per session; every microdialogue of the batch is
 classified in one call; summaries come after their session's last microdialogues are decided.
+
+Every record is accounted for exactly once in ``outcomes`` (ok, duplicate, late, control or
+dead_letter): a failure while parsing or applying one record is that record's dead letter. A failure
+of the classifier call is the batch's, and is left to the caller (retry, or stop before committing).
 """
 from __future__ import annotations
 
@@ -16,13 +20,13 @@ from homework_monitor.contract import Classifier
 from .aggregation import decide, homework_event, record_assignment, session_summary
 from .config import Settings
 from .schemas import CLASSES, DeadLetter, HomeworkEvent, SessionSummary
-from .validation import Err, parse_inbound
+from .validation import Err, Rejected, dead_letter, parse_inbound
 from .windowing import Microdialogue, SessionState, WindowConfig, apply_message
 
 
 @dataclass(frozen=True)
 class InboundRecord:
-    value: bytes | str | dict
+    value: bytes | str | dict | None  # None: a record with a null value (a tombstone)
     key: str | None = None
     partition: int | None = None
     offset: int | None = None
@@ -61,16 +65,26 @@ async def process_batch(records: Sequence[InboundRecord], load_state: Callable[[
     ended: list[str] = []
     for i, rec in enumerate(records):
         now = clock()
-        parsed = parse_inbound(rec.value, max_text_chars=settings.max_text_chars, received_at=now,
-                               source_topic=source_topic, partition=rec.partition, offset=rec.offset,
-                               key=rec.key)
-        if isinstance(parsed, Err):
-            out.dead_letters.append(parsed.dead_letter)
+        try:
+            parsed = parse_inbound(rec.value, max_text_chars=settings.max_text_chars, received_at=now,
+                                   source_topic=source_topic, partition=rec.partition, offset=rec.offset,
+                                   key=rec.key)
+            if isinstance(parsed, Err):
+                out.dead_letters.append(parsed.dead_letter)
+                out.outcomes["dead_letter"] += 1
+                continue
+            sid = parsed.message.session_id
+            state = out.states.get(sid) or load_state(sid)
+            step = apply_message(state, parsed.message, now, cfg)
+        except Exception as exc:  # noqa: BLE001
+            # Whatever fails for one record (an unreadable stored state, a bug met by odd input) is that
+            # record's dead letter; the rest of the batch goes on and the session's state is unchanged.
+            # The detail is the exception type only: exception messages can quote the text.
+            out.dead_letters.append(dead_letter(
+                rec.value, Rejected("processing_error", type(exc).__name__), received_at=now,
+                source_topic=source_topic, partition=rec.partition, offset=rec.offset, key=rec.key))
             out.outcomes["dead_letter"] += 1
             continue
-        sid = parsed.message.session_id
-        state = out.states.get(sid) or load_state(sid)
-        step = apply_message(state, parsed.message, now, cfg)
         out.outcomes[step.outcome] += 1
         if step.outcome in ("duplicate", "late"):
             continue  # already applied before a redelivery: nothing changes, nothing is emitted

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter
 
 from homework_monitor.contract import CLASSES, HOMEWORK_CLASSES, NONE
 
@@ -21,47 +21,74 @@ Category = Literal["practice", "take_action", "journal", "learn", "none"]
 HomeworkCategory = Literal["practice", "take_action", "journal", "learn"]
 
 
+# --- bounds on every inbound field ----------------------------------------------------------------
+# Ids name sessions, therapists, clients and programs; they are not free text. A short closed character
+# set keeps them safe as Kafka keys, table keys, file names and log fields, and keeps every message
+# that carries them small (a 1.2 MB therapist_id once became an event, a summary and a table record).
+ID_MAX_CHARS = 128
+ID_PATTERN = r"^[A-Za-z0-9._:#@/+=-]+$"
+Id = Annotated[str, StringConstraints(min_length=1, max_length=ID_MAX_CHARS, pattern=ID_PATTERN)]
+# Counts of utterances (seq, n_utterances, and what the worker derives from them: last_seq,
+# missing_utterances) stay within a signed 32-bit int, so that every consumer of events, summaries and
+# table records (Java/Avro/SQL ``int``) reads them as sent. A real session has a few thousand
+# utterances; a seq of 2**63 used to silence the rest of its session and overflow missing_utterances.
+MAX_UTTERANCES = 2**31 - 1
+# Numbers are strict: JSON true/false or 3.0 is not a seq.
+Seq = Annotated[int, Field(ge=0, lt=MAX_UTTERANCES, strict=True)]
+Count = Annotated[int, Field(ge=0, le=MAX_UTTERANCES, strict=True)]
+# Offsets in seconds from the start of the recording: finite, and no session lasts a week.
+MAX_OFFSET_S = 7 * 24 * 3600.0
+Offset = Annotated[float, Field(ge=0, le=MAX_OFFSET_S, allow_inf_nan=False, strict=True)]
+# Wall-clock seconds since the epoch (the worker's silence checks): finite, before the year 2286.
+Epoch = Annotated[float, Field(ge=0, le=1e10, allow_inf_nan=False, strict=True)]
+MAX_SCHEDULED_MINUTES = 24 * 60
+# The classifier sees up to ``context_turns`` (3) turns; offline inputs may carry a few more.
+MAX_CONTEXT_TURNS = 16
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 class SessionMeta(_Frozen):
-    therapist_id: str | None = None
-    client_id: str | None = None
-    program_id: str | None = None
-    scheduled_minutes: int | None = Field(None, ge=0)
+    therapist_id: Id | None = None
+    client_id: Id | None = None
+    program_id: Id | None = None
+    scheduled_minutes: int | None = Field(None, ge=0, le=MAX_SCHEDULED_MINUTES, strict=True)
 
 
 class Utterance(SessionMeta):
-    """One diarized utterance. ``seq`` is its 0-based index in the session and must increase."""
+    """One diarized utterance. ``seq`` is its 0-based index in the session and must increase.
+
+    ``text`` is bounded by ``HWM_MAX_TEXT_CHARS`` (checked in ``validation``, where the limit is known)."""
     type: Literal["utterance"] = "utterance"
-    session_id: str = Field(min_length=1, max_length=200)
-    seq: int = Field(ge=0)
+    session_id: Id
+    seq: Seq
     speaker: Speaker
     text: str
-    start_s: float | None = None
-    end_s: float | None = None
+    start_s: Offset | None = None
+    end_s: Offset | None = None
 
 
 class SessionStart(SessionMeta):
     type: Literal["session_start"] = "session_start"
-    session_id: str = Field(min_length=1, max_length=200)
-    start_s: float | None = None
+    session_id: Id
+    start_s: Offset | None = None
 
 
 class SessionEnd(_Frozen):
     """Closes a session; ``n_utterances`` lets the worker see a gap before it summarises."""
     type: Literal["session_end"] = "session_end"
-    session_id: str = Field(min_length=1, max_length=200)
-    n_utterances: int = Field(ge=0)
-    end_s: float | None = None
+    session_id: Id
+    n_utterances: Count
+    end_s: Offset | None = None
 
 
 class SilenceCheck(_Frozen):
     """Sent by the worker's own timer: flush a turn left waiting longer than the silence limit."""
     type: Literal["silence_check"] = "silence_check"
-    session_id: str = Field(min_length=1, max_length=200)
-    at: float
+    session_id: Id
+    at: Epoch
 
 
 InboundMessage = Annotated[Utterance | SessionStart | SessionEnd | SilenceCheck,
@@ -115,26 +142,80 @@ class SessionSummary(_Frozen):
     model_version: str
 
 
+# Why an input was refused: a closed vocabulary, safe as a metric label and in logs.
+DeadLetterReason = Literal[
+    "malformed_json",     # not JSON, not a JSON object, or NaN/Infinity (not JSON either)
+    "invalid_encoding",   # not UTF-8, or a string holding a lone surrogate (cannot be encoded)
+    "too_deep",           # nested deeper than validation.MAX_JSON_DEPTH
+    "oversized_payload",  # more bytes than any valid message can have (validation.payload_limit)
+    "schema_error",       # a field missing, unexpected, of the wrong type or out of bounds
+    "unknown_speaker",    # speaker other than therapist/client
+    "oversized_text",     # text longer than HWM_MAX_TEXT_CHARS
+    "processing_error",   # applying this one record failed (detail: the exception type only)
+]
+DETAIL_MAX_CHARS = 512
+KEY_MAX_CHARS = 256
+EXCERPT_MAX_BYTES = 2048
+
+
 class DeadLetter(_Frozen):
-    """A rejected input. ``payload`` keeps the raw bytes so nothing is lost; it is never logged."""
-    reason: Literal["malformed_json", "schema_error", "unknown_speaker", "oversized_text"]
-    detail: str
-    source_topic: str
+    """A rejected input: why, where it came from, and a bounded excerpt of it.
+
+    Bounded: a dead letter never repeats an unbounded payload. It points at the original record
+    (``source_topic``/``partition``/``offset``/``key``) and keeps its size, its SHA-256 and the first
+    ``EXCERPT_MAX_BYTES`` of it as valid UTF-8 (invalid bytes replaced), so a serialized dead letter
+    stays under about 4 KiB whatever came in, far below the broker's 1 MB default message limit.
+    While the source topic still retains the record, the pointer and the digest recover it exactly;
+    when ``payload_truncated`` is false the excerpt is the whole payload (invalid UTF-8 bytes replaced).
+
+    Who reads it: ``reason`` and ``detail`` are safe to log and to count (field names and error types
+    only, never values). The ``payload`` excerpt and the ``key`` can hold transcript text (protected
+    health information): the dead-letter topic is restricted like ``utterances`` itself, readable only
+    by the operators who triage bad input, and its records are never logged.
+    """
+    reason: DeadLetterReason
+    detail: str = Field(max_length=DETAIL_MAX_CHARS)
+    source_topic: str = Field(max_length=KEY_MAX_CHARS)
     partition: int | None = None
     offset: int | None = None
-    key: str | None = None
-    payload: str
-    payload_sha256: str
+    key: str | None = Field(None, max_length=KEY_MAX_CHARS,
+                            description="the record's key, truncated to KEY_MAX_CHARS characters")
+    payload: str = Field(max_length=EXCERPT_MAX_BYTES,
+                         description="the first EXCERPT_MAX_BYTES of the raw payload, as valid UTF-8")
+    payload_truncated: bool = Field(description="true when payload is not the whole raw payload")
+    payload_bytes: int = Field(ge=0, description="size of the raw payload in bytes")
+    payload_sha256: str = Field(description="SHA-256 of the raw payload bytes")
     received_at: float
 
 
 class ClassifyInput(BaseModel):
-    """``homework-monitor classify`` input line; extra fields (labels...) are ignored."""
+    """``homework-monitor classify`` input line; extra fields (labels...) are ignored.
+
+    Texts are bounded by ``HWM_MAX_TEXT_CHARS`` like the worker's utterances (``validation``)."""
     model_config = ConfigDict(extra="ignore")
-    id: str
-    context: list[Turn] = Field(default_factory=list)
+    id: Id
+    context: list[Turn] = Field(default_factory=list, max_length=MAX_CONTEXT_TURNS)
     therapist: str
     client: str | None = None
+
+
+class CorpusUtterance(BaseModel):
+    """One utterance of a corpus session line; other speakers than therapist/client are skipped offline."""
+    model_config = ConfigDict(extra="ignore")
+    speaker: str
+    text: str
+    start_s: float | None = None
+    end_s: float | None = None
+
+
+class CorpusSession(BaseModel):
+    """``homework-monitor summarize/review`` input line: one whole session (the shared corpus schema).
+
+    Each utterance becomes a wire ``Utterance`` and is validated exactly as the worker validates it."""
+    model_config = ConfigDict(extra="ignore")
+    session_id: Id
+    utterances: list[CorpusUtterance] = Field(max_length=MAX_UTTERANCES)
+    meta: dict | None = None
 
 
 class ClassifyOutput(_Frozen):
@@ -152,7 +233,7 @@ SCHEMAS: dict[str, type[BaseModel]] = {
     "utterance": Utterance, "session_start": SessionStart, "session_end": SessionEnd,
     "silence_check": SilenceCheck, "homework_event": HomeworkEvent,
     "session_summary": SessionSummary, "dead_letter": DeadLetter,
-    "classify_input": ClassifyInput, "classify_output": ClassifyOutput,
+    "classify_input": ClassifyInput, "classify_output": ClassifyOutput, "corpus_session": CorpusSession,
 }
 
 

@@ -121,12 +121,162 @@ def test_classify_explicit_artifact_and_empty_input(tmp_path, _isolated):
     assert out.exists() and _read(out) == []
 
 
+# --- bad input lines: rejects file, exit 2, no text on stderr (issue 8, defect 8) -------------------
+SECRET = "Marmoset-Tangerine my cousin Bartholomew"  # distinctive text that must never reach stderr
+
+
+def _bad_classify_lines() -> dict[str, bytes]:
+    good = {"id": "bad", "therapist": f"Write about {SECRET} tonight."}
+    return {
+        "malformed_json": b'{"id": "m", "therapist": "' + SECRET.encode() + b'"',
+        "schema_error": json.dumps({"id": "x", "client": SECRET}).encode(),               # no therapist
+        "oversized_text": json.dumps({**good, "therapist": SECRET * 120}).encode(),     # > 4000 chars
+        "oversized_payload": json.dumps({**good, "therapist": SECRET * 50_000}).encode(),  # a 2 MB line
+        "invalid_encoding": json.dumps({**good, "client": "a\udc80" + SECRET}).encode(),
+        "too_deep": b'{"id": "d", "therapist": "x", "notes": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+        "not_utf8": SECRET.encode() + b"\xff\n",
+    }
+
+
+def _write_lines(path: Path, lines: list[bytes]) -> None:
+    path.write_bytes(b"".join(line.rstrip(b"\n") + b"\n" for line in lines))
+
+
+def test_classify_writes_good_lines_and_rejects_bad_ones(tmp_path, capsys):
+    inp, out = tmp_path / "in.jsonl", tmp_path / "labels.jsonl"
+    bad = _bad_classify_lines()
+    lines = [json.dumps(CLASSIFY_INPUT[0]).encode(), *bad.values(), b"   ",
+             json.dumps(CLASSIFY_INPUT[1]).encode()]
+    _write_lines(inp, lines)
+    assert cli.main(["classify", "--input", str(inp), "--output", str(out)]) == 2
+    assert [r["id"] for r in _read(out)] == ["a", "b"]
+    rejects = _read(tmp_path / "labels.rejects.jsonl")
+    assert [(r["line"], r["reason"]) for r in rejects] == [
+        (2, "malformed_json"), (3, "schema_error"), (4, "oversized_text"), (5, "oversized_payload"),
+        (6, "invalid_encoding"), (7, "too_deep"), (8, "invalid_encoding")]
+    assert all(set(r) == {"line", "reason", "detail"} for r in rejects)
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    err_lines = captured.err.strip().splitlines()
+    assert err_lines[-1].startswith("error: rejected 7 line(s) of ") and "labels.rejects.jsonl" in err_lines[-1]
+    assert "Traceback" not in captured.err
+    for text in (captured.err, (tmp_path / "labels.rejects.jsonl").read_text()):
+        assert "Marmoset" not in text and "Bartholomew" not in text
+
+
 def test_classify_rejects_a_line_without_therapist(tmp_path):
-    from pydantic import ValidationError
-    inp = tmp_path / "in.jsonl"
+    inp, out = tmp_path / "in.jsonl", tmp_path / "o.jsonl"
     inp.write_text(json.dumps({"id": "x", "client": "hello"}) + "\n")
-    with pytest.raises(ValidationError):
-        cli.main(["classify", "--input", str(inp), "--output", str(tmp_path / "o.jsonl")])
+    assert cli.main(["classify", "--input", str(inp), "--output", str(out)]) == 2
+    assert _read(out) == []
+    assert _read(tmp_path / "o.rejects.jsonl") == [
+        {"line": 1, "reason": "schema_error", "detail": "therapist: missing"}]
+
+
+def test_classify_text_limit_is_the_workers(tmp_path, monkeypatch):
+    monkeypatch.setenv("HWM_MAX_TEXT_CHARS", "40")
+    inp, out = tmp_path / "in.jsonl", tmp_path / "o.jsonl"
+    _write_lines(inp, [json.dumps({"id": "short", "therapist": "x" * 40}).encode(),
+                       json.dumps({"id": "long", "therapist": "x" * 41}).encode(),
+                       json.dumps({"id": "ctx", "therapist": "x", "context": [
+                           {"speaker": "client", "text": "y" * 41}]}).encode()])
+    assert cli.main(["classify", "--input", str(inp), "--output", str(out)]) == 2
+    assert [r["id"] for r in _read(out)] == ["short"]
+    assert [(r["line"], r["reason"], r["detail"]) for r in _read(tmp_path / "o.rejects.jsonl")] == [
+        (2, "oversized_text", "therapist has 41 chars, limit 40"),
+        (3, "oversized_text", "context.0.text has 41 chars, limit 40")]
+
+
+def test_all_good_lines_exit_0_with_an_empty_rejects_file(tmp_path):
+    inp, out = tmp_path / "in.jsonl", tmp_path / "o.jsonl"
+    _write_lines(inp, [json.dumps(CLASSIFY_INPUT[1]).encode()])
+    assert cli.main(["classify", "--input", str(inp), "--output", str(out)]) == 0
+    assert (tmp_path / "o.rejects.jsonl").read_text() == ""
+
+
+def _bad_session_lines() -> list[bytes]:
+    s = _sessions()[0]
+    too_long = {**s, "utterances": [*s["utterances"][:3], {"speaker": "client", "text": SECRET * 200},
+                                    *s["utterances"][3:]]}
+    bad_time = {**s, "utterances": [{**s["utterances"][0], "start_s": float("nan")}, *s["utterances"][1:]]}
+    return [json.dumps(too_long).encode(), b"{" + SECRET.encode(), json.dumps(bad_time).encode(),
+            json.dumps({**s, "session_id": SECRET}).encode()]
+
+
+def test_summarize_rejects_a_session_with_an_invalid_utterance_as_a_whole(tmp_path, capsys):
+    inp, out = tmp_path / "in.jsonl", tmp_path / "summaries.jsonl"
+    good = MINI.read_bytes().splitlines()
+    _write_lines(inp, [good[0], *_bad_session_lines(), *good[1:]])
+    assert cli.main(["summarize", "--input", str(inp), "--output", str(out)]) == 2
+    assert [r["session_id"] for r in _read(out)] == [s["session_id"] for s in _sessions()]
+    assert [(r["line"], r["reason"], r["detail"]) for r in _read(tmp_path / "summaries.rejects.jsonl")] == [
+        (2, "oversized_text", f"utterances.3: text has {len(SECRET) * 200} chars, limit 4000"),
+        (3, "malformed_json", "not JSON: JSONDecodeError at pos 1"),
+        (4, "schema_error", "utterances.0: utterance.start_s: finite_number"),
+        (5, "schema_error", "session_id: string_pattern_mismatch")]
+    captured = capsys.readouterr()
+    assert "Marmoset" not in captured.err and "Traceback" not in captured.err
+    assert "rejected 4 line(s)" in captured.err
+
+
+def test_summarize_session_results_do_not_depend_on_the_rejected_lines(tmp_path):
+    clean, mixed = tmp_path / "clean.jsonl", tmp_path / "mixed.jsonl"
+    good = MINI.read_bytes().splitlines()
+    _write_lines(mixed, [*_bad_session_lines(), *good])
+    assert cli.main(["summarize", "--input", str(MINI), "--output", str(clean)]) == 0
+    assert cli.main(["summarize", "--input", str(mixed), "--output", str(mixed.with_suffix(".out"))]) == 2
+    assert _read(mixed.with_suffix(".out")) == _read(clean)
+
+
+def test_review_rejects_bad_sessions_and_reviews_the_rest(tmp_path):
+    inp, out = tmp_path / "in.jsonl", tmp_path / "review.jsonl"
+    _write_lines(inp, [*MINI.read_bytes().splitlines(), *_bad_session_lines()])
+    assert cli.main(["review", "--input", str(inp), "--output", str(out), "--max-confidence", "0.99"]) == 2
+    assert {r["session_id"] for r in _read(out)} <= {s["session_id"] for s in _sessions()} and _read(out)
+    assert [r["line"] for r in _read(tmp_path / "review.rejects.jsonl")] == [7, 8, 9, 10]
+
+
+# --- unexpected errors: one line, no traceback, no record text ------------------------------------
+def test_missing_input_is_one_line_and_exit_1(tmp_path, capsys):
+    code = cli.main(["classify", "--input", str(tmp_path / "nope.jsonl"), "--output", str(tmp_path / "o.jsonl")])
+    err = capsys.readouterr().err
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert "FileNotFoundError: No such file or directory" in err and "Traceback" not in err
+
+
+def _artifact_whose_error_quotes_text(tmp_path: Path) -> Path:
+    """An artifact whose model.json has a key made of transcript text: the loader's TypeError quotes it."""
+    artifact = tmp_path / "artifact"
+    artifact.mkdir()
+    spec = json.loads((DEFAULT_ARTIFACT / "model.json").read_text())
+    (artifact / "model.json").write_text(json.dumps({**spec, SECRET: 1}))
+    return artifact
+
+
+def test_an_exception_quoting_text_prints_only_its_type(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("HWM_DEBUG", raising=False)
+    inp = tmp_path / "in.jsonl"
+    _write_lines(inp, [json.dumps(CLASSIFY_INPUT[1]).encode()])
+    argv = ["classify", "--input", str(inp), "--output", str(tmp_path / "o.jsonl"),
+            "--artifact", str(_artifact_whose_error_quotes_text(tmp_path))]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("homework-monitor classify: error: TypeError at ") and len(err.strip().splitlines()) == 1
+    assert "Marmoset" not in err and "Traceback" not in err
+    monkeypatch.setenv("HWM_DEBUG", "1")  # for a developer: the exception itself
+    with pytest.raises(TypeError, match="Marmoset"):
+        cli.main(argv)
+
+
+def test_main_returns_the_status_the_console_script_exits_with(tmp_path):
+    import subprocess
+    import sys
+    inp = tmp_path / "in.jsonl"
+    _write_lines(inp, [b"{broken " + SECRET.encode()])
+    proc = subprocess.run([str(Path(sys.executable).with_name("homework-monitor")), "classify", "--input", str(inp),
+                           "--output", str(tmp_path / "o.jsonl")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Marmoset" not in proc.stderr + proc.stdout and "Traceback" not in proc.stderr
 
 
 # --- summarize ----------------------------------------------------------------------------------
@@ -223,3 +373,9 @@ def test_review_limit_keeps_the_least_confident(tmp_path):
     nothing = tmp_path / "none.jsonl"
     cli.main(["review", "--input", str(MINI), "--output", str(nothing), "--max-confidence", "0"])
     assert _read(nothing) == []
+
+
+def test_iter_lines_numbers_lines_and_skips_long_ones_unread(tmp_path):
+    path = tmp_path / "x.jsonl"
+    path.write_bytes(b"a" * 10 + b"\r\n" + b"  \n" + b"b" * 11 + b"\n" + b"c" * 5_000_000 + b"\n" + b"d")
+    assert list(cli.iter_lines(path, 10)) == [(1, b"a" * 10), (3, None), (4, None), (5, b"d")]

@@ -1,12 +1,25 @@
 """One micro-batch end to end (validation, windowing, one classifier call, decisions, summaries)."""
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import json
 from collections import Counter
 from dataclasses import replace
 
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
-from homework_monitor.stream.processor import process_batch, retire, silence_checks_due, window_config
+from homework_monitor.stream.processor import (
+    InboundRecord,
+    process_batch,
+    retire,
+    silence_checks_due,
+    window_config,
+)
+from homework_monitor.stream.schemas import SessionEnd, Utterance
 from homework_monitor.stream.windowing import SessionState, WindowTurn
 
 
@@ -256,3 +269,153 @@ def test_silence_check_is_not_sent_twice_for_the_same_activity():
 def test_open_therapist_turn_counts_as_waiting():
     state = replace(SessionState(session_id="s1", last_activity_at=0.0), open_turn=_turn())
     assert silence_checks_due({"s1": state}, 8.0, 8.0, {}) == ["s1"]
+
+
+# ----------------------------------------------------------- one record's failure (issue 8, defect 1)
+def _raw(message) -> bytes:
+    return message.model_dump_json().encode()
+
+
+def triggers() -> dict[str, bytes | str]:
+    """The inputs that used to lose a batch (or freeze the worker), one of each."""
+    valid = {"type": "utterance", "session_id": "bad", "seq": 0, "speaker": "therapist", "text": "Write it down."}
+    return {
+        "nested_100k": b"[" * 100_000 + b"]" * 100_000,
+        "nested_under_size_limit": b"[" * 20_000 + b"]" * 20_000,
+        "lone_surrogate": json.dumps({**valid, "text": "Write \udc80 down."}),
+        "therapist_id_1_2_mb": json.dumps({**valid, "therapist_id": "t" * 1_200_000}),
+        "seq_2_63": json.dumps({**valid, "seq": 2**63}),
+        "nan_start_s": json.dumps({**valid, "start_s": float("nan")}),
+        "text_2_mb": json.dumps({**valid, "text": "write " * 350_000}),
+        "not_utf8": b"\xff" + json.dumps(valid).encode(),
+        "null_value": None,
+    }
+
+
+@pytest.mark.parametrize("name", list(triggers()))
+async def test_each_trigger_is_its_own_dead_letter_and_its_neighbours_are_applied(
+        name, run_batch, utterance_factory, record_factory):
+    s = utterance_factory("s1")
+    records = record_factory(s.therapist("Could you write down what happened?"), s.client("Okay."))
+    records.insert(1, InboundRecord(value=triggers()[name], key="bad", partition=0, offset=77))
+    records += record_factory(s.end())
+    result = await run_batch(records)
+    (d,) = result.dead_letters
+    assert (d.offset, d.key) == (77, "bad")
+    assert len(d.model_dump_json().encode()) < 8 * 1024
+    assert [(e.session_id, e.turn, e.category) for e in result.events] == [("s1", 0, "journal")]
+    assert result.summaries[0].n_utterances == 2
+    assert sum(result.outcomes.values()) == len(records)
+
+
+class JsonStore(Store):
+    """Like the worker's table: states kept as JSON and read back with ``SessionState.from_json``."""
+
+    def load(self, sid: str) -> SessionState | None:
+        self.loads.append(sid)
+        raw = self.states.get(sid)
+        return SessionState.from_json(raw) if raw else None
+
+    def commit(self, result) -> None:
+        self.states.update({sid: st.to_json() for sid, st in result.states.items()})
+
+
+async def test_a_record_whose_apply_fails_is_dead_lettered_and_the_batch_goes_on(
+        utterance_factory, record_factory, fake_classifier, settings, clock):
+    store = JsonStore()
+    store.states["old"] = {"session_id": "old", "last_seq": 3}  # written by an incompatible version
+    old, s = utterance_factory("old"), utterance_factory("s1")
+    records = record_factory(s.therapist("Please read the handout."), old.client(SECRET_TEXT),
+                             s.client("Sure."), s.end())
+    result = await process_batch(records, store.load, fake_classifier, settings, clock)
+    (d,) = result.dead_letters
+    assert (d.reason, d.detail, d.offset, d.key) == ("processing_error", "KeyError", 1, "old")
+    assert d.payload_sha256 == hashlib.sha256(records[1].value).hexdigest()
+    assert SECRET_TEXT not in d.detail
+    assert "old" not in result.states  # the failing session's state is left as it was
+    assert [(e.session_id, e.category) for e in result.events] == [("s1", "learn")]
+    assert result.outcomes == Counter(ok=2, control=1, dead_letter=1)
+
+
+SECRET_TEXT = "Quokka-Lantern my neighbour Ottoline"
+
+
+# ---------------------------------------------------------- fuzzed batches account for every record
+VALID_IDS = ("valid-a", "valid-b")
+fuzz_ids = st.sampled_from(["f1", "f2", "x" * 129, "", "has space"]) | st.text(max_size=6).filter(
+    lambda t: not t.startswith("valid"))
+json_scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(
+    alphabet=st.characters(codec=None), max_size=20)
+json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=3)
+                           | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=12)
+message_like = st.fixed_dictionaries(
+    {"session_id": fuzz_ids},
+    optional={"type": st.sampled_from(["utterance", "session_start", "session_end", "silence_check"])
+              | st.text(max_size=5),
+              "seq": st.integers(-3, 40) | st.sampled_from([2**31, 2**63]) | json_values,
+              "speaker": st.sampled_from(["therapist", "client", "narrator"]) | json_values,
+              "text": st.text(alphabet=st.characters(codec=None), max_size=40) | st.sampled_from(
+                  ["Please write a list.", "Read this.", "Call her.", "x" * 5000]),
+              "start_s": st.floats() | json_values, "n_utterances": st.integers(-1, 50) | json_values,
+              "at": st.floats(), "therapist_id": fuzz_ids, "extra": json_values})
+fuzz_records = st.one_of(
+    st.binary(max_size=200),
+    json_values.map(lambda v: json.dumps(v).encode("utf-8", "surrogatepass")),
+    message_like.map(lambda v: json.dumps(v).encode("utf-8", "surrogatepass")),
+    message_like,  # in-process dict records take the same path
+    st.sampled_from(list(triggers().values())),
+)
+
+
+def valid_records() -> list[InboundRecord]:
+    out = []
+    for sid in VALID_IDS:
+        lines = [("therapist", "How was the week?"), ("client", "Fine."),
+                 ("therapist", "Could you write down three good moments?"), ("client", "Yes."),
+                 ("therapist", "And call your sister before Friday."), ("client", "I will."),
+                 ("therapist", "Good.")]
+        msgs = [Utterance(session_id=sid, seq=i, speaker=sp, text=t, therapist_id="th-1")
+                for i, (sp, t) in enumerate(lines)]
+        msgs.append(SessionEnd(session_id=sid, n_utterances=len(lines)))
+        out += [InboundRecord(value=_raw(m), key=sid) for m in msgs]
+    return out
+
+
+async def _run_in_batches(records, batch_size, settings, clock, classifier):
+    store, events, summaries, dead, outcomes = Store(), [], [], [], Counter()
+    for i in range(0, len(records), batch_size):
+        result = await process_batch(records[i:i + batch_size], store.load, classifier, settings, clock)
+        store.commit(result)
+        events += result.events
+        summaries += result.summaries
+        dead += result.dead_letters
+        outcomes += result.outcomes
+    return events, summaries, dead, outcomes
+
+
+@hypothesis_settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(fuzz=st.lists(st.tuples(st.integers(0, 16), fuzz_records), max_size=40),
+       batch_size=st.integers(1, 64))
+def test_fuzzed_batches_account_for_every_record_and_leave_valid_sessions_unchanged(
+        fuzz, batch_size, settings, fake_classifier):
+    classifier_cls, clock = type(fake_classifier), (lambda: 1_000.0)
+    classifier = classifier_cls()
+    valid = valid_records()
+    records = list(valid)
+    for position, raw in sorted(fuzz, key=lambda x: -x[0]):  # insert from the back: positions stay valid
+        records.insert(position, InboundRecord(value=raw, key="fuzz", partition=0, offset=position))
+    expected_events, expected_summaries, _, _ = asyncio.run(
+        _run_in_batches(valid, len(valid), settings, clock, classifier_cls()))
+    events, summaries, dead, outcomes = asyncio.run(
+        _run_in_batches(records, batch_size, settings, clock, classifier))
+
+    assert sum(outcomes[k] for k in ("ok", "duplicate", "late", "control", "dead_letter")) == len(records)
+    assert sum(outcomes.values()) == len(records) and outcomes["dead_letter"] == len(dead)
+    assert all(len(d.model_dump_json().encode()) < 8 * 1024 for d in dead)
+    assert [e for e in events if e.session_id in VALID_IDS] == expected_events
+    assert [s for s in summaries if s.session_id in VALID_IDS] == expected_summaries
+    assert {e.category for e in expected_events} == {"journal", "take_action"}
+    for example in (x for call in classifier.calls for x in call):  # what Triton would be sent encodes
+        for text in (example.therapist, example.client or "", *(t for _, t in example.context)):
+            text.encode("utf-8")
