@@ -22,6 +22,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from homework_monitor import logsafe
 from homework_monitor.stream.config import Settings
 
 
@@ -133,7 +134,8 @@ def cmd_worker(a, settings: Settings) -> None:
 def cmd_topics(a, settings: Settings) -> None:
     from homework_monitor.deploy.broker import create_topics
     from homework_monitor.deploy.local_stack import all_topics
-    create_topics(settings.kafka_bootstrap, all_topics(settings))
+    create_topics(settings.kafka_bootstrap, all_topics(settings), configs=settings.topic_configs(),
+                  client_kwargs=settings.kafka_client_kwargs())
     print(json.dumps(all_topics(settings)))
 
 
@@ -301,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    logsafe.install()  # before anything can log: exceptions never carry transcript text into logs
     args = build_parser().parse_args(argv)
     args.func(args, Settings())
 
