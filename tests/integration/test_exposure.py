@@ -206,3 +206,33 @@ def test_phi_markers_never_reach_logs_or_metrics(stack):
     assert logs["worker-1.log"].strip()  # the worker did log (a crash line, dead letters, or both)
     leaks = [name for name, text in {**logs, **pages}.items() if MARKER in text]
     assert not leaks, f"PHI marker in {leaks}"
+
+
+def test_container_entrypoint_disables_the_admin_apis(tmp_path):
+    """deploy/triton/serve.sh, as the images run it, on the bundled tritonserver (CPU config)."""
+    from homework_monitor.deploy.services import ManagedProcess, free_port
+    from homework_monitor.deploy.triton_runtime import prepare_triton_dist, wait_until_ready
+    s = Settings()
+    dist = prepare_triton_dist(s.triton_dist_dir)
+    http, grpc, metrics = free_port(), free_port(), free_port()
+    env = {**dist.env, "PATH": f"{dist.server_bin.parent}{os.pathsep}{dist.env['PATH']}",
+           "TRITON_MODEL_REPOSITORY": str(s.model_repository)}
+    script = Path(__file__).resolve().parents[2] / "deploy" / "triton" / "serve.sh"
+    # No GPU here: a later --model-config-name wins, and a missing configs/cpu.pbtxt means config.pbtxt.
+    proc = ManagedProcess("serve.sh", ["sh", str(script), f"--backend-directory={dist.backend_dir}",
+                                       f"--cache-directory={dist.backend_dir.parent / 'caches'}",
+                                       "--model-config-name=cpu", f"--http-port={http}", f"--grpc-port={grpc}",
+                                       f"--metrics-port={metrics}", "--http-address=127.0.0.1",
+                                       "--grpc-address=127.0.0.1", "--metrics-address=127.0.0.1"],
+                          tmp_path / "serve.log", env=env, cwd=tmp_path)
+    proc.start()
+    try:
+        wait_until_ready(http, 120, log_path=proc.log_path, is_alive=lambda: proc.is_running)
+        assert _call(http, "/v2/logging", {"log_verbose_level": 1}) == 403
+        assert _call(http, "/v2/repository/models/homework_classifier/unload", {}) == 403
+        assert _call(http, "/v2/models/homework_classifier/ready") == 200
+        args = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
+        assert b"--model-config-name=gpu" in args and b"--load-model=homework_classifier" in args
+        assert b"--model-control-mode=explicit" in args
+    finally:
+        proc.stop()
