@@ -13,7 +13,8 @@ repr. :func:`install` puts one guard in front of all of them:
   message value (Kafka/Faust records, pydantic models) to their type name. Then the message is
   formatted once, and any text of an exception in play (the record's, an argument's, or the one
   being handled right now: ``traceback.format_exc()`` output) is cut out of it;
-* warnings are routed through logging and reduced to ``file:line: Category``;
+* warnings are logged as ``file:line: Category`` only (logger ``py.warnings``; records that
+  ``logging.captureWarnings`` makes are reduced the same way);
 * uncaught exceptions (main thread and other threads) are logged the same way, no traceback.
 
 Policy: a log line may name a session id, a count, a reason code, an exception type and a code
@@ -26,6 +27,7 @@ import logging
 import re
 import sys
 import threading
+import warnings
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
@@ -36,12 +38,13 @@ LOGGER_NAME = "homework_monitor.uncaught"
 _CHAIN_DEPTH = 4
 # Exception text shorter than this is not cut out of messages (it would match ordinary words).
 _MIN_REDACT_LEN = 6
-_WARNING_HEAD = re.compile(r"^(?P<where>.*?:\d+): (?P<category>\w+):")
+_WARNING_HEAD = re.compile(r"^(?P<where>.*?:\d+): (?P<category>\w+)(:|$)")
 
 _lock = threading.Lock()
 _previous_factory: Callable[..., logging.LogRecord] | None = None
 _previous_excepthook: Callable[..., Any] | None = None
 _previous_threading_excepthook: Callable[..., Any] | None = None
+_previous_showwarning: Callable[..., Any] | None = None
 
 
 def _location(tb: TracebackType | None) -> str:
@@ -158,6 +161,12 @@ def _factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
     return _redact_record(_previous_factory(*args, **kwargs))
 
 
+def _showwarning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                 file: Any = None, line: str | None = None) -> None:
+    # The message may quote a value (pydantic's serializer warnings do): category and place only.
+    logging.getLogger("py.warnings").warning("%s:%s: %s", filename, lineno, category.__name__)
+
+
 def _log_uncaught(exc_type: type[BaseException], exc: BaseException | None, where: str) -> None:
     if exc is None or issubclass(exc_type, KeyboardInterrupt | SystemExit):
         return
@@ -182,7 +191,7 @@ def installed() -> bool:
 
 def install() -> None:
     """Install the guard for the whole process (idempotent). The CLI calls it first thing."""
-    global _previous_factory, _previous_excepthook, _previous_threading_excepthook
+    global _previous_factory, _previous_excepthook, _previous_threading_excepthook, _previous_showwarning
     with _lock:
         if _previous_factory is not None:
             return
@@ -190,19 +199,20 @@ def install() -> None:
         logging.setLogRecordFactory(_factory)
         _previous_excepthook, sys.excepthook = sys.excepthook, _excepthook
         _previous_threading_excepthook, threading.excepthook = threading.excepthook, _threading_excepthook
-        logging.captureWarnings(True)
+        _previous_showwarning, warnings.showwarning = warnings.showwarning, _showwarning
 
 
 def uninstall() -> None:
     """Undo :func:`install` (tests)."""
-    global _previous_factory, _previous_excepthook, _previous_threading_excepthook
+    global _previous_factory, _previous_excepthook, _previous_threading_excepthook, _previous_showwarning
     with _lock:
         if _previous_factory is None:
             return
         logging.setLogRecordFactory(_previous_factory)
-        logging.captureWarnings(False)
+        if _previous_showwarning is not None:
+            warnings.showwarning = _previous_showwarning
         if _previous_excepthook is not None:
             sys.excepthook = _previous_excepthook
         if _previous_threading_excepthook is not None:
             threading.excepthook = _previous_threading_excepthook
-        _previous_factory = _previous_excepthook = _previous_threading_excepthook = None
+        _previous_factory = _previous_excepthook = _previous_threading_excepthook = _previous_showwarning = None

@@ -171,7 +171,11 @@ def test_ordinary_log_lines_pass_unchanged(log_output):
 
 
 def test_warnings_keep_location_and_category_only(log_output):
-    warnings.warn(f"serialized value may not be as expected [input_value={TEXT!r}]", UserWarning, stacklevel=1)
+    # What logging.captureWarnings routes a warning into (pytest swaps warnings.showwarning per test;
+    # the subprocess test below checks install() routes real warnings).
+    text = warnings.formatwarning(f"serialized value may not be as expected [input_value={TEXT!r}]",
+                                  UserWarning, __file__, 42)
+    logging.getLogger("py.warnings").warning("%s", text)
     out = log_output.getvalue()
     assert MARKER not in out
     assert "test_logsafe.py" in out and "UserWarning" in out
@@ -191,12 +195,14 @@ def test_uncaught_exception_in_a_thread(log_output):
 
 def test_uncaught_exception_in_a_process_exits_nonzero_without_text():
     code = ("from homework_monitor import logsafe; logsafe.install()\n"
+            f"import warnings; warnings.warn({TEXT!r})\n"
             f"def parse(): raise ValueError({TEXT!r})\n"
             "parse()\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert MARKER not in proc.stderr + proc.stdout
     assert "uncaught exception in main thread: ValueError at" in proc.stderr and "in parse" in proc.stderr
+    assert "<string>:2: UserWarning" in proc.stderr
 
 
 def test_cli_installs_the_guard_for_every_command(tmp_path):
