@@ -70,24 +70,30 @@ def wait_for_port(host: str, port: int, timeout_s: float) -> None:
             time.sleep(0.05)
 
 
-def create_topics(bootstrap: str, topics: dict[str, int], *, timeout_s: float = 30.0) -> None:
+def create_topics(bootstrap: str, topics: dict[str, int], *, configs: dict[str, dict[str, str]] | None = None,
+                  client_kwargs: dict | None = None, timeout_s: float = 30.0) -> None:
     """Create ``name -> partitions`` topics (replication 1); existing topics are accepted.
 
+    ``configs`` maps a topic to its broker configs (e.g. ``retention.ms``), set when it is created.
+    ``client_kwargs`` are kafka-python connection options (``Settings.kafka_client_kwargs()``: TLS,
+    SASL); ``bootstrap`` wins over any ``bootstrap_servers`` in them.
     Raises ``ValueError`` if a topic already exists with a different partition count (tansu cannot
     add partitions, and Faust refuses tables whose changelog partitions differ from the source's).
     """
     from kafka.admin import KafkaAdminClient, NewTopic  # noqa: PLC0415
     from kafka.errors import TopicAlreadyExistsError  # noqa: PLC0415
 
+    configs = configs or {}
     admin = KafkaAdminClient(
-        bootstrap_servers=bootstrap,
+        **{**(client_kwargs or {}), "bootstrap_servers": bootstrap},
         client_id="homework-monitor-admin",
         request_timeout_ms=int(timeout_s * 1000),
     )
     try:
         for name, partitions in topics.items():
             try:
-                admin.create_topics([NewTopic(name, partitions, 1)], timeout_ms=int(timeout_s * 1000))
+                admin.create_topics([NewTopic(name, partitions, 1, topic_configs=configs.get(name, {}))],
+                                    timeout_ms=int(timeout_s * 1000))
             except TopicAlreadyExistsError:
                 pass
         described = admin.describe_topics(list(topics))

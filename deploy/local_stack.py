@@ -14,7 +14,7 @@ from pathlib import Path
 from homework_monitor.stream.config import Settings
 
 from .broker import create_topics, tansu_command, wait_for_port
-from .services import ServiceStack, free_port
+from .services import ServiceStack, free_port, scrubbed_environ
 from .triton_runtime import prepare_triton_dist, tritonserver_command, wait_until_ready
 
 
@@ -65,21 +65,24 @@ def _made(path: Path) -> Path:
 
 
 def start_broker(stack: ServiceStack, settings: Settings, ports: Ports, log_dir: Path) -> Settings:
-    stack.add("tansu", tansu_command("127.0.0.1", ports.kafka), None, log_dir / "tansu.log",
+    stack.add("tansu", tansu_command("127.0.0.1", ports.kafka), scrubbed_environ(), log_dir / "tansu.log",
               lambda: wait_for_port("127.0.0.1", ports.kafka, 20))
     settings = settings.model_copy(update={"kafka_bootstrap": f"127.0.0.1:{ports.kafka}"})
-    create_topics(settings.kafka_bootstrap, all_topics(settings))
+    create_topics(settings.kafka_bootstrap, all_topics(settings), configs=settings.topic_configs(),
+                  client_kwargs=settings.kafka_client_kwargs())
     return settings
 
 
 def start_triton(stack: ServiceStack, settings: Settings, ports: Ports, log_dir: Path) -> Settings:
     dist = prepare_triton_dist(settings.triton_dist_dir)
+    address = settings.triton_bind_address
     cmd = tritonserver_command(dist, settings.model_repository, ports.triton_http, ports.triton_grpc,
-                               ports.triton_metrics)
+                               ports.triton_metrics, address=address)
+    host = "127.0.0.1" if address in ("0.0.0.0", "::", "") else address  # a wildcard bind answers on loopback
     log = log_dir / "tritonserver.log"
     stack.add("tritonserver", cmd, dist.env, log,
-              lambda: wait_until_ready(ports.triton_http, 120, log_path=log), cwd=_made(settings.run_dir))
-    return settings.model_copy(update={"triton_url": f"127.0.0.1:{ports.triton_grpc}"})
+              lambda: wait_until_ready(ports.triton_http, 120, host=host, log_path=log), cwd=_made(settings.run_dir))
+    return settings.model_copy(update={"triton_url": f"{host}:{ports.triton_grpc}"})
 
 
 def worker_command(faust_cli: bool = False) -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -17,9 +18,20 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["ManagedProcess", "ServiceStack", "free_port"]
+__all__ = ["ManagedProcess", "ServiceStack", "free_port", "scrubbed_environ"]
 
 log = logging.getLogger(__name__)
+
+# Our secrets (HWM_KAFKA_SASL_PASSWORD, any HWM_*SECRET*/*TOKEN*) and other *_PASSWORD variables. The
+# broker and tritonserver (and the Python backend it starts) never need them, and a child process's
+# environment is readable by anyone who can read /proc/<pid>/environ or a crash dump.
+_SECRET_NAME = re.compile(r"^HWM_.*(PASSWORD|SECRET|TOKEN)|_PASSWORD$|SECRET_?ACCESS", re.IGNORECASE)
+
+
+def scrubbed_environ(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A copy of ``environ`` (default ``os.environ``) without secrets, for services that need none."""
+    source = os.environ if environ is None else environ
+    return {k: v for k, v in source.items() if not _SECRET_NAME.search(k)}
 
 
 def free_port(host: str = "127.0.0.1") -> int:

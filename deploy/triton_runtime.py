@@ -68,6 +68,7 @@ Gotchas found (tritonserver 2.51 from nvidia-pytriton 0.7.0, Python 3.11.7 from 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import sys
 import sysconfig
@@ -81,6 +82,7 @@ from pathlib import Path
 __all__ = [
     "TritonDist",
     "prepare_triton_dist",
+    "restricted_api_args",
     "tritonserver_command",
     "wait_until_ready",
     "find_libpython_dir",
@@ -88,6 +90,8 @@ __all__ = [
 
 import homework_monitor
 from homework_monitor.contract import MODEL_NAME
+
+from .services import scrubbed_environ
 
 # The folder that holds the ``homework_monitor`` package (the source checkout, or site-packages): on
 # the stub's PYTHONPATH so model.py imports the package even where the venv's .pth files are not read.
@@ -199,7 +203,7 @@ def prepare_triton_dist(dist_dir: Path, *, pythonpath: Sequence[Path] = (PACKAGE
                 if not _is_prepared(marker, expected):
                     raise
 
-    env = dict(os.environ)
+    env = scrubbed_environ()  # neither the server nor the Python backend needs the broker password
     env.pop("PYTHONHOME", None)  # the isolated stub ignores it anyway; keep it from confusing anything else
     ld = [str(dist / "nvidia_pytriton.libs"), str(find_libpython_dir())]
     if env.get("LD_LIBRARY_PATH"):
@@ -222,6 +226,20 @@ def prepare_triton_dist(dist_dir: Path, *, pythonpath: Sequence[Path] = (PACKAGE
     )
 
 
+# Triton APIs nobody in this system calls: runtime log settings (``POST /v2/logging`` could turn on
+# verbose logging of request data), tracing, model load/unload, shared-memory registration. Restricted
+# to requests carrying a header whose value is random per start and never told to anyone: disabled.
+RESTRICTED_APIS = "logging,trace,model-repository,shared-memory"
+ADMIN_HEADER = "hwm-admin-key"
+
+
+def restricted_api_args(admin_key: str | None = None) -> list[str]:
+    """``--http-restricted-api`` / ``--grpc-restricted-protocol`` for :data:`RESTRICTED_APIS`."""
+    key = admin_key or secrets.token_hex(24)
+    return [f"--http-restricted-api={RESTRICTED_APIS}:{ADMIN_HEADER}={key}",
+            f"--grpc-restricted-protocol={RESTRICTED_APIS}:{ADMIN_HEADER}={key}"]
+
+
 def tritonserver_command(
     dist: TritonDist,
     model_repository: Path,
@@ -229,8 +247,14 @@ def tritonserver_command(
     grpc_port: int = 8001,
     metrics_port: int = 8002,
     extra_args: Sequence[str] = (),
+    *,
+    address: str = "127.0.0.1",
 ) -> list[str]:
-    """Command line for tritonserver on ``model_repository`` (run it with ``env=dist.env``)."""
+    """Command line for tritonserver on ``model_repository`` (run it with ``env=dist.env``).
+
+    HTTP, gRPC and metrics listen on ``address`` only (tritonserver's own default is 0.0.0.0), and the
+    admin APIs are disabled (:func:`restricted_api_args`).
+    """
     return [
         str(dist.server_bin),
         f"--model-repository={Path(model_repository).resolve()}",
@@ -240,10 +264,14 @@ def tritonserver_command(
         # Load only our model: the repository is also a Python package (__init__.py, __pycache__).
         "--model-control-mode=explicit",
         f"--load-model={MODEL_NAME}",
+        f"--http-address={address}",
         f"--http-port={http_port}",
+        f"--grpc-address={address}",
         f"--grpc-port={grpc_port}",
+        f"--metrics-address={address}",
         f"--metrics-port={metrics_port}",
         "--allow-metrics=true",
+        *restricted_api_args(),
         *extra_args,
     ]
 

@@ -26,6 +26,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from homework_monitor import logsafe
 from homework_monitor.stream.config import Settings
 
 
@@ -251,7 +252,8 @@ def cmd_worker(a, settings: Settings) -> None:
 def cmd_topics(a, settings: Settings) -> None:
     from homework_monitor.deploy.broker import create_topics
     from homework_monitor.deploy.local_stack import all_topics
-    create_topics(settings.kafka_bootstrap, all_topics(settings))
+    create_topics(settings.kafka_bootstrap, all_topics(settings), configs=settings.topic_configs(),
+                  client_kwargs=settings.kafka_client_kwargs())
     print(json.dumps(all_topics(settings)))
 
 
@@ -442,6 +444,7 @@ def describe_error(exc: BaseException) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Exit status: 0 done; 1 an error (one line on stderr; HWM_DEBUG=1 raises it with its traceback);
     2 a usage error, or offline input lines refused (see each command's --help)."""
+    logsafe.install()  # before anything can log: exceptions never carry transcript text into logs
     args = build_parser().parse_args(argv)
     try:
         return args.func(args, Settings()) or 0

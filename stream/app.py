@@ -8,7 +8,6 @@ and summary ids are deterministic, and a redelivered message is recognised by it
 from __future__ import annotations
 
 import logging
-import ssl
 import time
 import weakref
 from collections import Counter
@@ -20,6 +19,7 @@ from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.transport.drivers.aiokafka import Transport as AIOKafkaTransport
 from prometheus_client import start_http_server
 
+from homework_monitor import logsafe
 from homework_monitor.contract import Classifier
 
 from . import metrics
@@ -80,13 +80,14 @@ def create_app(settings: Settings, classifier: Classifier | None = None,
                clock=time.time, serve_metrics: bool = True) -> faust.App:
     """The worker app; ``serve_metrics`` starts the Prometheus endpoint when the worker starts."""
     t = settings.topics
-    broker_credentials = None
+    broker_credentials: faust.types.auth.CredentialsT | None = None
     if settings.kafka_security_protocol.startswith("SASL"):
         broker_credentials = faust.SASLCredentials(
             username=settings.kafka_sasl_username,
             password=settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else None,
-            mechanism=settings.kafka_sasl_mechanism,
-            ssl_context=ssl.create_default_context() if settings.kafka_security_protocol == "SASL_SSL" else None)
+            mechanism=settings.kafka_sasl_mechanism, ssl_context=settings.kafka_ssl_context())
+    elif settings.kafka_security_protocol == "SSL":
+        broker_credentials = faust.SSLCredentials(settings.kafka_ssl_context())
     app = MonitorApp(
         settings.app_id, fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms, broker=[f"kafka://{b}" for b in settings.kafka_bootstrap.split(",")],
         broker_credentials=broker_credentials, store="memory://", value_serializer="raw",
@@ -196,4 +197,6 @@ def run_worker(settings: Settings) -> None:
 
 # The module-level app, as Faust users expect: ``faust -A homework_monitor.stream.app worker -l info``
 # runs the same worker as ``homework-monitor worker`` (settings from HWM_* variables).
+# That path does not pass through homework_monitor.cli, which installs the log guard: install it here too.
+logsafe.install()
 app = create_app(Settings())

@@ -7,6 +7,7 @@ Defaults never depend on where the source tree is: paths are relative to the wor
 """
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 from typing import Literal
 
@@ -85,16 +86,38 @@ class Settings(BaseSettings):
     run_dir: Path = Path("var")
     triton_dist_dir: Path = Path("var") / "triton-dist"  # local tritonserver, prepared once and reused
 
+    # Exposure (docs/SECURITY.md). A private CA bundle for the brokers' certificates (SSL, SASL_SSL);
+    # without it the system trust store verifies them. Every Kafka client uses it (worker, topics, replay).
+    kafka_ssl_cafile: Path | None = None
+    # Where the local stack's tritonserver listens (HTTP, gRPC, metrics): loopback, so nothing off this
+    # machine reaches it. Containers bind 0.0.0.0 and rely on the network policy instead.
+    triton_bind_address: str = "127.0.0.1"
+    # Dead letters keep an excerpt of the raw payload (PHI): the broker deletes them after this long.
+    dead_letter_retention_hours: float = Field(72.0, gt=0)
+
     def kafka_client_kwargs(self) -> dict:
         """Connection options in kafka-python's spelling (producers, admin, test consumers)."""
         kwargs: dict = {"bootstrap_servers": self.kafka_bootstrap.split(","),
                         "security_protocol": self.kafka_security_protocol}
+        if self.kafka_security_protocol.endswith("SSL") and self.kafka_ssl_cafile is not None:
+            kwargs["ssl_cafile"] = str(self.kafka_ssl_cafile)  # kafka-python verifies host names by default
         if self.kafka_security_protocol.startswith("SASL"):
             kwargs.update(sasl_mechanism=self.kafka_sasl_mechanism,
                           sasl_plain_username=self.kafka_sasl_username,
                           sasl_plain_password=(self.kafka_sasl_password.get_secret_value()
                                                if self.kafka_sasl_password else None))
         return kwargs
+
+    def kafka_ssl_context(self) -> ssl.SSLContext | None:
+        """TLS context for SSL and SASL_SSL (the worker's aiokafka clients); None for plaintext."""
+        if not self.kafka_security_protocol.endswith("SSL"):
+            return None
+        return ssl.create_default_context(cafile=str(self.kafka_ssl_cafile) if self.kafka_ssl_cafile else None)
+
+    def topic_configs(self) -> dict[str, dict[str, str]]:
+        """Per-topic broker configs set when the topics are created (``homework-monitor topics``)."""
+        retention_ms = int(self.dead_letter_retention_hours * 3600 * 1000)
+        return {self.topics.dead_letter: {"retention.ms": str(retention_ms)}}
 
     def topic_partition_counts(self) -> dict[str, int]:
         t = self.topics

@@ -38,6 +38,8 @@ def test_wheel_holds_one_top_level_package_and_the_served_model(wheel):
     for part in ("model.json", "head.safetensors", "encoder/model.safetensors", "encoder/tokenizer.json"):
         assert artifact + part in names
     assert "homework_monitor/triton_models/homework_classifier/config.pbtxt" in names
+    for sample in ("therapist", "client", "context"):  # model_warmup's inputs: Triton cannot load without them
+        assert f"homework_monitor/triton_models/homework_classifier/warmup/{sample}" in names
     assert not [n for n in names if "__pycache__" in n]
 
 
