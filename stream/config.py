@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     silence_flush_s: float = Field(20.0, gt=0)
     silence_check_interval_s: float = Field(1.0, gt=0)
     max_text_chars: int = Field(4000, ge=1)
+    # A seq this far past its session's last one is refused: accepting it would make every later
+    # utterance of the session look like a redelivery (silenced) and count the gap as missing.
+    max_seq_gap: int = Field(1000, ge=1)
     context_turns: int = Field(3, ge=0)
     # Chosen on out-of-fold sessions_dev predictions (training/RESULTS.md, session sweep).
     event_threshold: float = Field(0.6, ge=0, le=1)

@@ -21,7 +21,7 @@ from .aggregation import decide, homework_event, record_assignment, session_summ
 from .config import Settings
 from .schemas import CLASSES, DeadLetter, HomeworkEvent, SessionSummary
 from .validation import Err, Rejected, dead_letter, parse_inbound
-from .windowing import Microdialogue, SessionState, WindowConfig, apply_message
+from .windowing import Microdialogue, SessionState, WindowConfig, apply_message, seq_gap_too_large
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,13 @@ async def process_batch(records: Sequence[InboundRecord], load_state: Callable[[
                 continue
             sid = parsed.message.session_id
             state = out.states.get(sid) or load_state(sid)
+            if seq_gap_too_large(state, parsed.message, settings.max_seq_gap):
+                out.dead_letters.append(dead_letter(
+                    rec.value, Rejected("seq_gap", f"seq more than {settings.max_seq_gap} past the session's last"),
+                    received_at=now, source_topic=source_topic, partition=rec.partition, offset=rec.offset,
+                    key=rec.key))
+                out.outcomes["dead_letter"] += 1
+                continue
             step = apply_message(state, parsed.message, now, cfg)
         except Exception as exc:  # noqa: BLE001
             # Whatever fails for one record (an unreadable stored state, a bug met by odd input) is that

@@ -152,6 +152,7 @@ DeadLetterReason = Literal[
     "unknown_speaker",    # speaker other than therapist/client
     "oversized_text",     # text longer than HWM_MAX_TEXT_CHARS
     "processing_error",   # applying this one record failed (detail: the exception type only)
+    "seq_gap",            # seq jumps further ahead of its session than HWM_MAX_SEQ_GAP allows
 ]
 DETAIL_MAX_CHARS = 512
 KEY_MAX_CHARS = 256

@@ -199,6 +199,12 @@ def apply_session_end(s: SessionState, end: SessionEnd, now: float, cfg: WindowC
                 tuple(out + more), outcome="control", ended_now=True)
 
 
+def seq_gap_too_large(s: SessionState | None, msg, max_gap: int) -> bool:
+    """An utterance whose seq jumps more than ``max_gap`` past the session's last applied seq."""
+    last = s.last_seq if s is not None else -1
+    return isinstance(msg, Utterance) and msg.seq - last > max_gap
+
+
 def apply_message(s: SessionState | None, msg, now: float, cfg: WindowConfig) -> Step:
     """Dispatch one validated inbound message onto a session's state."""
     s = s if s is not None else SessionState(session_id=msg.session_id)

@@ -419,3 +419,16 @@ def test_fuzzed_batches_account_for_every_record_and_leave_valid_sessions_unchan
     for example in (x for call in classifier.calls for x in call):  # what Triton would be sent encodes
         for text in (example.therapist, example.client or "", *(t for _, t in example.context)):
             text.encode("utf-8")
+
+
+async def test_a_seq_far_ahead_is_refused_and_does_not_silence_the_session(
+        run_batch, utterance_factory, record_factory, settings):
+    s = utterance_factory("s1")
+    first, second = s.therapist("Write it down."), s.client("Okay.")
+    far = first.model_copy(update={"seq": settings.max_seq_gap + 5})  # a bogus jump, in bounds for the schema
+    result = await run_batch(record_factory(first, far, second, s.therapist("Good."), s.end()))
+    assert [d.reason for d in result.dead_letters] == ["seq_gap"]
+    (summary,) = result.summaries
+    # The rest of the session still applied: nothing silenced as a "duplicate", nothing counted missing.
+    assert summary.n_utterances == 3 and summary.missing_utterances == 0
+    assert result.outcomes["duplicate"] == 0
