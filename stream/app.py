@@ -19,11 +19,13 @@ import signal
 import threading
 import time
 import traceback
+import warnings
 import weakref
 from collections import Counter
 from collections.abc import Awaitable, Callable
 
 import faust
+from faust.exceptions import AlreadyConfiguredWarning
 from faust.streams import _current_event
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
@@ -301,8 +303,11 @@ def stop_faust_worker(app: faust.App, reason: str, timeout_s: float = 30.0) -> N
     watchdog = threading.Timer(timeout_s, _exit_now, args=(reason,))
     watchdog.daemon = True
     watchdog.start()
-    # The failed batch's events will never be acked: do not wait for them on the way out.
-    app.conf.stream_wait_empty = False
+    # The failed batch's events will never be acked: do not wait for them on the way out (faust reads
+    # the setting when it stops; it warns about a late change, which is the point here).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AlreadyConfiguredWarning)
+        app.conf.stream_wait_empty = False
     root = app.beacon.root.data if app.beacon.root is not None else None
     if not isinstance(root, ModeWorker):
         _exit_now(reason)

@@ -164,7 +164,7 @@ class TritonClassifier:
                     metrics.CLASSIFIER_BATCH.observe(len(items))
                     return res.as_numpy(OUTPUT_PROBS)
                 except Exception as exc:  # noqa: BLE001 - sorted, counted, retried or raised below
-                    kind, code = failure_kind(exc), status_code(exc)
+                    kind, code = failure_kind(exc), status_code(exc) or "-"
                 finally:
                     metrics.CLASSIFIER_INFLIGHT.dec()
             metrics.CLASSIFIER_ERRORS.labels(kind=kind).inc()
@@ -172,6 +172,7 @@ class TritonClassifier:
             if kind not in TRANSIENT_KINDS:
                 failures += 1
                 if gives_up(kind, failures, self.s.triton_retries):
+                    log.error("classifier %s (%s, %d time(s)): giving up", kind, code, failures)
                     # Not chained: a server's message may quote the request, i.e. transcript text.
                     raise ClassifierUnavailable(f"classifier call failed: {kind} ({code}), {failures} time(s)")
             # The stream waits (backpressure) instead of dropping input: offsets are committed only

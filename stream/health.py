@@ -15,9 +15,11 @@ Per partition assigned to this worker:
 - *lag* = end - position. A partition *waits* from the later of "lag appeared" and "position last
   advanced". Waiting ``stall_timeout_s`` makes it *stalled* (not ready); ``stall_exit_s`` makes the
   worker exit so the orchestrator restarts it.
-- The broker *lost data* when, while a partition stays assigned here, its committed offset vanishes
-  or goes back, or its end goes back. Kafka never does either; a broker that restarted without its
-  storage does (tansu is memory-only). The worker exits at once: its state no longer matches the log.
+- The broker *lost data* when a partition's committed offset vanishes or goes back, or its end goes
+  back, compared with the most this process has seen (across reassignments: the group commits only
+  forward, whichever worker owns the partition). Kafka never does either; a broker that restarted
+  without its storage does (tansu is memory-only). The worker exits at once: its state no longer
+  matches the log.
 
 Reasons are closed vocabularies (they become metric labels and probe bodies).
 """
@@ -101,6 +103,8 @@ class HealthState:
     stall_exit_s: float
     broker_unreachable_exit_s: float
     partitions: dict[TP, PartitionWatch] = field(default_factory=dict)
+    # The most seen per partition, kept across reassignments: committed, ListOffsets end, fetch end.
+    seen: dict[TP, tuple[int | None, int | None, int | None]] = field(default_factory=dict)
     heartbeat_at: float | None = None
     agent_started: bool = False
     agent_down_since: float | None = None
@@ -153,10 +157,11 @@ class HealthState:
             for tp, w in self.partitions.items():
                 c = _offset(committed.get(tp))
                 le, fe = _offset(listed_end.get(tp)), _offset(fetch_end.get(tp))
-                if (w.committed is not None and (c is None or c < w.committed)) or \
-                        (w.listed_end is not None and le is not None and le < w.listed_end) or \
-                        (w.fetch_end is not None and fe is not None and fe < w.fetch_end):
+                seen_c, seen_le, seen_fe = self.seen.get(tp, (None, None, None))
+                if (seen_c is not None and (c is None or c < seen_c)) or _went_back(le, seen_le) or \
+                        _went_back(fe, seen_fe):
                     lost.append(tp)
+                self.seen[tp] = (_most(c, seen_c), _most(le, seen_le), _most(fe, seen_fe))
                 w.committed = c
                 w.listed_end = le if le is not None else w.listed_end
                 w.fetch_end = fe if fe is not None else w.fetch_end
@@ -238,6 +243,14 @@ class HealthState:
                 exit_reason = "broker_unreachable"
             lags = {tp: w.lag for tp, w in self.partitions.items() if w.lag is not None}
             return Evaluation(lags, newly, exit_reason)
+
+
+def _went_back(value: int | None, most: int | None) -> bool:
+    return value is not None and most is not None and value < most
+
+
+def _most(value: int | None, most: int | None) -> int | None:
+    return most if value is None else value if most is None else max(value, most)
 
 
 def _offset(value) -> int | None:
