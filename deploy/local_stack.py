@@ -73,13 +73,12 @@ def start_broker(stack: ServiceStack, settings: Settings, ports: Ports, log_dir:
     return settings
 
 
-def start_triton(stack: ServiceStack, settings: Settings, ports: Ports, log_dir: Path,
-                 name: str = "tritonserver") -> Settings:
+def start_triton(stack: ServiceStack, settings: Settings, ports: Ports, log_dir: Path) -> Settings:
     dist = prepare_triton_dist(settings.triton_dist_dir)
     cmd = tritonserver_command(dist, settings.model_repository, ports.triton_http, ports.triton_grpc,
                                ports.triton_metrics)
-    log = log_dir / f"{name}.log"
-    stack.add(name, cmd, dist.env, log,
+    log = log_dir / "tritonserver.log"
+    stack.add("tritonserver", cmd, dist.env, log,
               lambda: wait_until_ready(ports.triton_http, 120, log_path=log), cwd=_made(settings.run_dir))
     return settings.model_copy(update={"triton_url": f"127.0.0.1:{ports.triton_grpc}"})
 

@@ -122,10 +122,10 @@ class Settings(BaseSettings):
         return kwargs
 
     def kafka_ssl_context(self) -> ssl.SSLContext | None:
-        """The TLS context of every Kafka client when the protocol is SSL or SASL_SSL (system CAs)."""
-        if self.kafka_security_protocol in ("SSL", "SASL_SSL"):
-            return ssl.create_default_context()
-        return None
+        """TLS context for SSL and SASL_SSL (the worker's aiokafka clients); None for plaintext."""
+        if not self.kafka_security_protocol.endswith("SSL"):
+            return None
+        return ssl.create_default_context()
 
     def topic_partition_counts(self) -> dict[str, int]:
         t = self.topics

@@ -185,19 +185,28 @@ def test_triton_killed_for_30s_mid_replay_loses_nothing(tmp_path, offline_events
     assert_nothing_lost(settings, out, offline_events, exactly_once=True)
 
 
-def rejecting_repository(tmp_path: Path) -> Path:
-    """The served model with a config whose CONTEXT input has another shape: Triton answers every
-    request of ours with INVALID_ARGUMENT (as after rolling out an incompatible model config)."""
+CONTEXT_INPUT = '{ name: "CONTEXT" data_type: TYPE_STRING dims: [ 1 ] }'
+
+
+def model_repository_copy(tmp_path: Path) -> Path:
+    """The served model (its version folder linked) with a config.pbtxt of its own, to roll out changes."""
     src = Settings().model_repository / "homework_classifier"
-    repo = tmp_path / "rejecting-repository"
+    repo = tmp_path / "model-repository"
     (repo / "homework_classifier").mkdir(parents=True)
     (repo / "homework_classifier" / "1").symlink_to(src / "1", target_is_directory=True)
     config = (src / "config.pbtxt").read_text()
-    assert '{ name: "CONTEXT" data_type: TYPE_STRING dims: [ 1 ] }' in config
-    (repo / "homework_classifier" / "config.pbtxt").write_text(
-        config.replace('{ name: "CONTEXT" data_type: TYPE_STRING dims: [ 1 ] }',
-                       '{ name: "CONTEXT" data_type: TYPE_STRING dims: [ 2 ] }'))
+    assert CONTEXT_INPUT in config
+    (repo / "homework_classifier" / "config.pbtxt").write_text(config)
     return repo
+
+
+def roll_out_config(repo: Path, incompatible: bool) -> None:
+    """An incompatible config gives CONTEXT another shape: Triton answers every request of ours with
+    INVALID_ARGUMENT (as after rolling out a model config that does not match the clients)."""
+    config = (Settings().model_repository / "homework_classifier" / "config.pbtxt").read_text()
+    if incompatible:
+        config = config.replace(CONTEXT_INPUT, CONTEXT_INPUT.replace("[ 1 ]", "[ 2 ]"))
+    (repo / "homework_classifier" / "config.pbtxt").write_text(config)
 
 
 def wait_for_fatal_exit(stack: ServiceStack, name: str, port: int, timeout_s: float) -> tuple[int | None, list]:
@@ -213,8 +222,12 @@ def wait_for_fatal_exit(stack: ServiceStack, name: str, port: int, timeout_s: fl
 
 
 def test_a_rejecting_triton_stops_the_worker_and_its_batch_is_read_again(tmp_path, offline_events):
+    repo = model_repository_copy(tmp_path)
     with stack_with_worker(tmp_path, worker_env={"HWM_TRITON_RETRIES": "0"},
-                           model_repository=rejecting_repository(tmp_path)) as (stack, settings, ports):
+                           model_repository=repo) as (stack, settings, ports):
+        stack["tritonserver"].stop()
+        roll_out_config(repo, incompatible=True)
+        restart_triton(stack, ports)
         sender, _ = replay_in_background(settings, speed=20.0)
         code, failing = wait_for_fatal_exit(stack, "worker-1", ports.worker_metrics, 60)
         assert code == 1
@@ -223,10 +236,10 @@ def test_a_rejecting_triton_stops_the_worker_and_its_batch_is_read_again(tmp_pat
         assert "failed with ClassifierUnavailable, not committed" in log and "FATAL (batch_failed)" in log
         assert "offset commit refused" in log or "Commit Offsets" not in log
         assert_no_transcript_text(stack["worker-1"].log_path)
-        # The fix: the compatible model config is rolled out, the orchestrator restarts the worker.
+        # The fix: the compatible config is rolled out again, the orchestrator restarts the worker.
         stack["tritonserver"].stop()
-        start_triton(stack, settings.model_copy(update={"model_repository": Settings().model_repository}),
-                     ports, tmp_path / "logs", name="triton-fixed")
+        roll_out_config(repo, incompatible=False)
+        restart_triton(stack, ports)
         restart_worker(stack, "worker-1")
         sender.join()
         out = collect(settings)
