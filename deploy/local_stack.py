@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,11 +95,38 @@ def worker_command(faust_cli: bool = False) -> list[str]:
 
 
 def start_worker(stack: ServiceStack, settings: Settings, log_dir: Path, worker_id: str = "worker-1",
-                 metrics_port: int | None = None, faust_cli: bool = False) -> int:
+                 metrics_port: int | None = None, faust_cli: bool = False,
+                 extra_env: Mapping[str, str] | None = None) -> int:
+    """Start a worker (``extra_env``: more ``HWM_*`` settings) and wait until it owns partitions."""
     port = metrics_port or free_port()
     log = log_dir / f"{worker_id}.log"
-    stack.add(worker_id, worker_command(faust_cli), worker_env(settings, worker_id, port), log,
+    env = {**worker_env(settings, worker_id, port), **(extra_env or {})}
+    stack.add(worker_id, worker_command(faust_cli), env, log,
               lambda: wait_for_log(log, "classifier ready", 90), cwd=_made(settings.run_dir))
     # The group join completes about half a session timeout after start (tansu): wait for assignment.
     wait_for_log(log, "partitions assigned", 60)
     return port
+
+
+def restart_triton(stack: ServiceStack, ports: Ports, name: str = "tritonserver") -> None:
+    """Start a stopped (or killed) tritonserver again, same command and ports; wait until it is ready."""
+    proc = stack[name]
+    proc.start()
+    wait_until_ready(ports.triton_http, 120, log_path=proc.log_path, is_alive=lambda: proc.is_running)
+
+
+def restart_worker(stack: ServiceStack, worker_id: str) -> None:
+    """Start a stopped (or exited) worker again, same command and settings; wait until it owns partitions."""
+    proc = stack[worker_id]
+    proc.start()
+    wait_for_log(proc.log_path, "classifier ready", 90)
+    wait_for_log(proc.log_path, "partitions assigned", 60)
+
+
+def restart_broker(stack: ServiceStack, settings: Settings, ports: Ports, name: str = "tansu") -> None:
+    """Stop the broker and start it again on the same port. tansu keeps nothing: topics, offsets and
+    the table changelog are gone, as after a crash of a broker without persistent storage."""
+    proc = stack[name]
+    proc.stop()
+    proc.start()
+    wait_for_port("127.0.0.1", ports.kafka, 20)

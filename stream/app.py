@@ -4,27 +4,41 @@ utterances (keyed by session_id) -> [validate | window | classify (Triton) | dec
 homework-events, session-summaries, dead-letter; per-session state in the ``sessions`` Table
 (changelog-backed). Processing is at-least-once: outputs are sent before the table is written, event
 and summary ids are deterministic, and a redelivered message is recognised by its seq and skipped.
+
+A batch that cannot be finished is never committed past: the worker blocks its offset commits, its
+/healthz fails, and it stops with exit code 1 for the orchestrator to restart it (``consume_batches``,
+``WorkerFailed``). Health and readiness come from ``stream.health`` (rules) and ``stream.probes``.
 """
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
+import os
+import signal
+import threading
 import time
+import traceback
+import warnings
 import weakref
 from collections import Counter
+from collections.abc import Awaitable, Callable
 
 import faust
+from faust.exceptions import AlreadyConfiguredWarning
 from faust.streams import _current_event
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.transport.drivers.aiokafka import Transport as AIOKafkaTransport
-from prometheus_client import start_http_server
+from mode import Worker as ModeWorker
 
 from homework_monitor import logsafe
-from homework_monitor.contract import Classifier
+from homework_monitor.contract import Classifier, ContractMismatch
 
-from . import metrics
-from .classifiers import TritonClassifier
+from . import metrics, probes
+from .classifiers import ClassifierUnavailable, TritonClassifier
 from .config import Settings
+from .health import HealthState
 from .processor import InboundRecord, process_batch, silence_checks_due
 from .schemas import SilenceCheck
 from .windowing import SessionState
@@ -57,6 +71,18 @@ def _transport_class(fetch_max_wait_ms: int) -> type[AIOKafkaTransport]:
         def _new_consumer_thread(self):
             return thread_cls(self, loop=self.loop, beacon=self.beacon)
 
+        async def _commit(self, offsets) -> bool:
+            # Every commit path (the periodic one, rebalance, stop) ends here. Once a batch could not
+            # be finished, faust may still ack its events (take_events acks in a ``finally``): commit
+            # nothing more, so a restarted worker reads that batch again.
+            health = getattr(self.app, "health", None)
+            if health is not None and health.commits_blocked:
+                metrics.COMMITS_REFUSED.inc()
+                log.warning("offset commit refused (%s): the batch in flight was not finished",
+                            health.commits_blocked)
+                return False
+            return await super()._commit(offsets)
+
     return type("FetchWaitTransport", (AIOKafkaTransport,), {"Consumer": FetchWaitConsumer})
 
 
@@ -70,27 +96,43 @@ class MonitorApp(faust.App):
     def _new_transport(self):
         return self._transport_cls(self.conf.broker_consumer, self)
 
+    #: Set by create_app: started first thing when the app starts (probes answer during recovery).
+    on_first_start_hook: Callable[[], Awaitable[None]] | None = None
+
+    async def on_first_start(self) -> None:
+        await super().on_first_start()
+        if self.on_first_start_hook is not None:
+            await self.on_first_start_hook()
+
     def _create_directories(self) -> None:
         # Faust creates its data dir without parents; HWM_RUN_DIR may not exist yet (a fresh volume).
         self.conf.datadir.mkdir(parents=True, exist_ok=True)
         super()._create_directories()
 
 
-def create_app(settings: Settings, classifier: Classifier | None = None,
-               clock=time.time, serve_metrics: bool = True) -> faust.App:
-    """The worker app; ``serve_metrics`` starts the Prometheus endpoint when the worker starts."""
-    t = settings.topics
-    broker_credentials: faust.types.auth.CredentialsT | None = None
+def broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
+    """Faust's credentials for the configured protocol: TLS for SSL and SASL_SSL, SASL for SASL_*."""
+    ssl_context = settings.kafka_ssl_context()
     if settings.kafka_security_protocol.startswith("SASL"):
-        broker_credentials = faust.SASLCredentials(
+        return faust.SASLCredentials(
             username=settings.kafka_sasl_username,
             password=settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else None,
-            mechanism=settings.kafka_sasl_mechanism, ssl_context=settings.kafka_ssl_context())
-    elif settings.kafka_security_protocol == "SSL":
-        broker_credentials = faust.SSLCredentials(settings.kafka_ssl_context())
+            mechanism=settings.kafka_sasl_mechanism, ssl_context=ssl_context)
+    if ssl_context is not None:
+        return faust.SSLCredentials(ssl_context)
+    return None
+
+
+def create_app(settings: Settings, classifier: Classifier | None = None,
+               clock=time.time, serve_metrics: bool = True,
+               stop_worker: Callable[[faust.App, str], None] | None = None,
+               health_clock: Callable[[], float] = time.monotonic) -> faust.App:
+    """The worker app. ``serve_metrics`` serves /metrics, /healthz and /readyz when the worker starts;
+    ``stop_worker(app, reason)`` ends the process after a fatal error (default: ``stop_faust_worker``)."""
+    t = settings.topics
     app = MonitorApp(
         settings.app_id, fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms, broker=[f"kafka://{b}" for b in settings.kafka_bootstrap.split(",")],
-        broker_credentials=broker_credentials, store="memory://", value_serializer="raw",
+        broker_credentials=broker_credentials(settings), store="memory://", value_serializer="raw",
         topic_partitions=settings.topic_partitions, table_standby_replicas=0,
         broker_session_timeout=settings.broker_session_timeout_s,
         processing_guarantee="at_least_once", web_enabled=False,
@@ -106,6 +148,20 @@ def create_app(settings: Settings, classifier: Classifier | None = None,
     silence_sent: dict[str, float] = {}
     app.classifier = classifier  # type: ignore[attr-defined]
     app.sessions_table = sessions  # type: ignore[attr-defined]
+    health = HealthState(stall_timeout_s=settings.stall_timeout_s, stall_exit_s=settings.stall_exit_s,
+                         broker_unreachable_exit_s=settings.broker_unreachable_exit_s)
+    app.health = health  # type: ignore[attr-defined]
+
+    async def fail(reason: str) -> None:
+        """Fatal: commits blocked and /healthz failing now; the worker stops fatal_exit_delay_s later."""
+        if not health.fail(reason):
+            return  # already on its way out
+        metrics.FATAL.labels(reason=reason).inc()
+        log.critical("FATAL (%s): no further offsets are committed; stopping the worker in %.0fs with exit "
+                     "code 1", reason, settings.fatal_exit_delay_s)
+        stop = stop_worker or functools.partial(stop_faust_worker, timeout_s=settings.fatal_exit_timeout_s)
+        asyncio.get_running_loop().call_later(settings.fatal_exit_delay_s, stop, app, reason)
+    app.fail = fail  # type: ignore[attr-defined]
 
     def load_state(sid: str) -> SessionState | None:
         raw = sessions.get(sid)
@@ -113,7 +169,7 @@ def create_app(settings: Settings, classifier: Classifier | None = None,
 
     @app.agent(utterances)
     async def monitor(stream):
-        async for batch in stream.take_events(settings.batch_size, within=settings.batch_within_s):
+        async def handle_batch(batch):
             started = clock()
             for e in batch:
                 if e.message.timestamp:
@@ -140,6 +196,9 @@ def create_app(settings: Settings, classifier: Classifier | None = None,
                 log.warning("dead-lettered %d message(s): %s", len(result.dead_letters),
                             dict(Counter(d.reason for d in result.dead_letters)))
 
+        await consume_batches(stream.take_events(settings.batch_size, within=settings.batch_within_s),
+                              handle_batch, health, fail, health_clock)
+
     @app.timer(interval=settings.silence_check_interval_s)
     async def silence_timer():
         now = clock()
@@ -160,13 +219,108 @@ def create_app(settings: Settings, classifier: Classifier | None = None,
 
     @app.task
     async def on_start():
-        if serve_metrics:
-            start_http_server(settings.metrics_port)
-        await classifier.start()
+        try:
+            await classifier.start()
+        except (ClassifierUnavailable, ContractMismatch) as exc:  # our messages: configuration, no text
+            log.critical("classifier unavailable: %s", exc)
+            await fail("classifier_unavailable")
+            return
+        except Exception as exc:  # noqa: BLE001 - type only: a server's message is not ours to log
+            log.critical("classifier unavailable (%s)", type(exc).__name__)
+            await fail("classifier_unavailable")
+            return
         log.info("classifier ready: %s", classifier.model_version)
+
+    async def start_health() -> None:
+        health.heartbeat(health_clock())
+        if serve_metrics:
+            probes.serve_probes(settings.metrics_host, settings.metrics_port, health, health_clock)
+        app.add_future(probes.heartbeat(health, health_clock))
+        app.add_future(probes.watch(
+            health, probes.BrokerProbe(settings), topic=t.utterances, assignment=app.consumer.assignment,
+            fetch_highwater=app.consumer.highwater, classifier_ready=lambda: classifier_ready(classifier),
+            interval_s=settings.health_check_interval_s, clock=health_clock, fail=fail))
+    app.on_first_start_hook = start_health
 
     app.monitor_agent = monitor  # type: ignore[attr-defined]
     return app
+
+
+async def consume_batches(batches, handle_batch: Callable[[list], Awaitable[None]], health: HealthState,
+                          fail: Callable[[str], Awaitable[None]], clock: Callable[[], float]) -> None:
+    """Run ``handle_batch`` on each batch that ``take_events`` yields.
+
+    Faust acks a batch's events when the loop asks for the next batch -- and also when the body
+    raised, since take_events acks in a ``finally``. So a batch that fails is never let go: commits
+    are blocked, the worker fails, and this loop waits here until the worker stops it. The failure is
+    logged by exception type and frames only: exception messages may quote transcript text.
+    """
+    health.agent_running(True, clock())
+    try:
+        async for batch in batches:
+            try:
+                await handle_batch(batch)
+            except asyncio.CancelledError:
+                # Stopped half-way through a batch (faust normally waits for the batch first).
+                health.block_commits("batch_interrupted")
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure of the batch machinery
+                health.block_commits("batch_failed")
+                frames = "".join(traceback.format_list(traceback.extract_tb(exc.__traceback__)[-6:]))
+                log.critical("batch of %d message(s) failed with %s, not committed; partitions %s\n%s",
+                             len(batch), type(exc).__name__,
+                             sorted({f"{tp[0]}-{tp[1]}" for tp in last_offsets(batch)}), frames.rstrip())
+                await fail("batch_failed")
+                await asyncio.Event().wait()  # until the worker stops (cancels) the agent
+            else:
+                health.processed(last_offsets(batch), clock())
+    finally:
+        health.agent_running(False, clock())
+
+
+def last_offsets(batch) -> dict[tuple[str, int], int]:
+    """The last offset of each source partition in a batch of faust events."""
+    out: dict[tuple[str, int], int] = {}
+    for e in batch:
+        tp = (e.message.topic, e.message.partition)
+        out[tp] = max(out.get(tp, -1), e.message.offset)
+    return out
+
+
+async def classifier_ready(classifier: Classifier) -> bool:
+    """The classifier's own readiness check where it has one (Triton: the model is ready)."""
+    is_ready = getattr(classifier, "is_ready", None)
+    return bool(await is_ready()) if is_ready is not None else True
+
+
+class WorkerFailed(RuntimeError):
+    """What the stopped worker raises after a fatal error, making its exit code 1. Its message is a
+    reason from ``stream.health.FATAL_REASONS``, never data."""
+
+
+def stop_faust_worker(app: faust.App, reason: str, timeout_s: float = 30.0) -> None:
+    """Stop the Faust worker as an orchestrator's SIGTERM would -- leave the group, flush, close --
+    but with exit code 1; end the process outright if that stop takes over ``timeout_s``."""
+    watchdog = threading.Timer(timeout_s, _exit_now, args=(reason,))
+    watchdog.daemon = True
+    watchdog.start()
+    # The failed batch's events will never be acked: do not wait for them on the way out (faust reads
+    # the setting when it stops; it warns about a late change, which is the point here).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AlreadyConfiguredWarning)
+        app.conf.stream_wait_empty = False
+    root = app.beacon.root.data if app.beacon.root is not None else None
+    if not isinstance(root, ModeWorker):
+        _exit_now(reason)
+        return
+    root.crash_reason = WorkerFailed(reason)  # mode re-raises it once stopped: exit code 1
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _exit_now(reason: str) -> None:
+    log.critical("worker stop did not finish: exiting now (%s)", reason)
+    logging.shutdown()
+    os._exit(1)
 
 
 def _observe(result) -> None:
@@ -190,8 +344,8 @@ def run_worker(settings: Settings) -> None:
     worker_app = create_app(settings)
     from faust import Worker
     worker = Worker(worker_app, loglevel=settings.log_level, quiet=True)
-    log.info("worker %s: broker %s, triton %s, metrics :%d", settings.worker_id,
-             settings.kafka_bootstrap, settings.triton_url, settings.metrics_port)
+    log.info("worker %s: broker %s, triton %s, probes %s:%d", settings.worker_id,
+             settings.kafka_bootstrap, settings.triton_url, settings.metrics_host, settings.metrics_port)
     worker.execute_from_commandline()
 
 

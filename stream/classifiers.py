@@ -3,9 +3,14 @@
 Both implement ``homework_monitor.contract.Classifier``: examples in, [n, 5] probabilities in
 ``CLASSES`` order out. At start-up the Triton client checks the served model against the contract
 (tensor names and types, class order, batch size) and refuses to run on a mismatch. The Triton client
-cuts work into slices of the server's batch size, keeps at most ``max_inflight`` calls open, and
-retries timed-out or unavailable calls with capped exponential backoff for as long as it takes (the
-stream waits; nothing is dropped). Requests the server rejects fail after ``triton_retries``.
+cuts work into slices of the server's batch size and keeps at most ``max_inflight`` calls open.
+
+A failed call is sorted by ``failure_kind``. Transient server states -- unavailable or refused
+connections, timeouts, and whatever a server says while it stops or unloads the model (a rolling
+restart: cancelled, internal, not found) -- wait with capped exponential backoff for as long as it
+takes: the stream waits, nothing is dropped, and the worker's stall detector watches the wait. A
+request the server rejects (``INVALID_ARGUMENT``...) will not succeed later: it fails after
+``triton_retries`` retries (0: at once), and the worker stops without committing the batch.
 """
 from __future__ import annotations
 
@@ -42,6 +47,39 @@ log = logging.getLogger("homework_monitor.classifier")
 
 class ClassifierUnavailable(RuntimeError):
     """The server is missing, misconfigured, or rejects requests: retrying cannot help."""
+
+
+# Kinds of failed calls (the ``kind`` label of hwm_classifier_errors_total).
+TRANSIENT_KINDS = ("timeout", "unavailable", "server_error")
+# gRPC codes of a request the server refuses to run; every other code is a server state that passes.
+REJECTED_CODES = frozenset({"INVALID_ARGUMENT", "OUT_OF_RANGE", "UNIMPLEMENTED", "PERMISSION_DENIED",
+                            "UNAUTHENTICATED"})
+
+
+def status_code(exc: BaseException) -> str | None:
+    """The gRPC code name of a Triton client error (``StatusCode.UNAVAILABLE`` -> ``UNAVAILABLE``)."""
+    status = getattr(exc, "status", None)
+    value = status() if callable(status) else None
+    return str(value).rsplit(".", 1)[-1] if value else None
+
+
+def failure_kind(exc: BaseException) -> str:
+    """timeout | unavailable | server_error | rejected | other; the first three are transient."""
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    code = status_code(exc)
+    if code is None:
+        return "other"  # not an answer from the server: a client-side error
+    if code == "UNAVAILABLE":
+        return "unavailable"  # connection refused or reset, server not accepting, "Server is stopping"
+    if code in REJECTED_CODES:
+        return "rejected"
+    return "server_error"  # CANCELLED, INTERNAL, NOT_FOUND (model unloading), DEADLINE_EXCEEDED...
+
+
+def gives_up(kind: str, failures: int, retries: int) -> bool:
+    """After ``failures`` non-transient failures of one call: stop? Transient kinds never stop."""
+    return kind not in TRANSIENT_KINDS and failures > retries
 
 
 def triton_inputs(items: Sequence[Example]) -> dict[str, np.ndarray]:
@@ -107,14 +145,13 @@ class TritonClassifier:
 
     async def _infer_slice(self, items: Sequence[Example]) -> np.ndarray:
         import tritonclient.grpc.aio as grpcclient
-        from tritonclient.utils import InferenceServerException
         inputs = []
         for name, arr in triton_inputs(items).items():
             inp = grpcclient.InferInput(name, list(arr.shape), INPUT_DATATYPE)
             inp.set_data_from_numpy(arr)
             inputs.append(inp)
         outputs = [grpcclient.InferRequestedOutput(OUTPUT_PROBS)]
-        delay, attempt = self.s.triton_backoff_s, 0
+        delay, attempt, failures = self.s.triton_backoff_s, 0, 0
         while True:
             async with self._sem:
                 metrics.CLASSIFIER_INFLIGHT.inc()
@@ -126,22 +163,21 @@ class TritonClassifier:
                     metrics.CLASSIFIER_SECONDS.observe(time.perf_counter() - t0)
                     metrics.CLASSIFIER_BATCH.observe(len(items))
                     return res.as_numpy(OUTPUT_PROBS)
-                except TimeoutError:
-                    kind = "timeout"
-                except InferenceServerException as exc:
-                    kind = "unavailable" if "UNAVAILABLE" in str(exc.status()) else "other"
-                except Exception:  # noqa: BLE001 - counted and retried below
-                    kind = "other"
+                except Exception as exc:  # noqa: BLE001 - sorted, counted, retried or raised below
+                    kind, code = failure_kind(exc), status_code(exc) or "-"
                 finally:
                     metrics.CLASSIFIER_INFLIGHT.dec()
             metrics.CLASSIFIER_ERRORS.labels(kind=kind).inc()
             attempt += 1
-            if self.s.triton_retries and attempt > self.s.triton_retries and kind == "other":
-                # A request the server rejects will not succeed later: fail loudly.
-                raise ClassifierUnavailable(f"classifier rejected the request {attempt} times")
-            # Timeouts and unavailability stall the stream (backpressure) instead of dropping input:
-            # offsets are only committed after the batch is processed.
-            log.warning("classifier %s (attempt %d); retrying in %.2fs", kind, attempt, delay)
+            if kind not in TRANSIENT_KINDS:
+                failures += 1
+                if gives_up(kind, failures, self.s.triton_retries):
+                    log.error("classifier %s (%s, %d time(s)): giving up", kind, code, failures)
+                    # Not chained: a server's message may quote the request, i.e. transcript text.
+                    raise ClassifierUnavailable(f"classifier call failed: {kind} ({code}), {failures} time(s)")
+            # The stream waits (backpressure) instead of dropping input: offsets are committed only
+            # after the batch is processed. Only the kind and the gRPC code are logged, never a message.
+            log.warning("classifier %s (%s, attempt %d); retrying in %.2fs", kind, code, attempt, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.s.triton_backoff_max_s)
 
@@ -150,8 +186,24 @@ class TritonClassifier:
             return np.zeros((0, len(CLASSES)), dtype=np.float32)
         await self._ready.wait()
         slices = [items[i:i + self.batch] for i in range(0, len(items), self.batch)]
-        parts = await asyncio.gather(*(self._infer_slice(s) for s in slices))
+        calls = [asyncio.ensure_future(self._infer_slice(s)) for s in slices]
+        try:
+            parts = await asyncio.gather(*calls)
+        except BaseException:
+            for call in calls:  # one slice failed (or the batch was cancelled): stop the others
+                call.cancel()
+            raise
         return np.concatenate(parts, axis=0)
+
+    async def is_ready(self) -> bool:
+        """Whether the server says the model is ready (the worker's readiness check)."""
+        if self._client is None:
+            return False
+        try:
+            return bool(await asyncio.wait_for(self._client.is_model_ready(self.s.triton_model),
+                                               timeout=min(5.0, self.s.triton_timeout_s)))
+        except Exception:  # noqa: BLE001 - any failure means not ready
+            return False
 
     async def close(self) -> None:
         if self._client is not None:
@@ -175,6 +227,9 @@ class InProcessClassifier:
 
     async def start(self) -> None:
         await asyncio.to_thread(self.load)
+
+    async def is_ready(self) -> bool:
+        return self._model is not None
 
     def classify_sync(self, items: Sequence[Example]) -> np.ndarray:
         return self.load().predict_proba(items)

@@ -11,7 +11,7 @@ import ssl
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from homework_monitor.contract import MODEL_NAME
@@ -60,7 +60,10 @@ class Settings(BaseSettings):
     triton_model: str = MODEL_NAME
     # CPU Triton needs ~1 s for a 32-microdialogue batch; a timeout retries the same slice.
     triton_timeout_s: float = Field(10.0, gt=0)
-    triton_retries: int = Field(3, ge=0)  # for rejected requests; timeouts retry until served
+    # Retries of a request the server rejects (INVALID_ARGUMENT and the like): 0 fails at once.
+    # Transient server states (unavailable, timed out, shutting down, model unloading) never count:
+    # they wait with capped backoff for as long as it takes, and the stall detector watches the wait.
+    triton_retries: int = Field(3, ge=0)
     triton_backoff_s: float = Field(0.05, gt=0)
     triton_backoff_max_s: float = Field(5.0, gt=0)
     triton_max_batch: int = Field(16, ge=1)  # checked against the server's max_batch_size at start
@@ -80,8 +83,23 @@ class Settings(BaseSettings):
     # Chosen on out-of-fold sessions_dev predictions (training/RESULTS.md, session sweep).
     event_threshold: float = Field(0.6, ge=0, le=1)
 
+    # The worker's HTTP endpoint: /metrics (Prometheus), /healthz (liveness), /readyz (readiness).
+    # Loopback by default; a pod that is probed or scraped from outside sets HWM_METRICS_HOST=0.0.0.0.
     metrics_port: int = 9100
+    metrics_host: str = "127.0.0.1"
     log_level: str = "INFO"
+
+    # Health. A partition with lag (records past what was processed) and no progress for
+    # stall_timeout_s makes the worker not ready; after stall_exit_s it exits non-zero so the
+    # orchestrator restarts it. A broker unreachable for broker_unreachable_exit_s does the same.
+    health_check_interval_s: float = Field(5.0, gt=0)
+    stall_timeout_s: float = Field(120.0, gt=0)
+    stall_exit_s: float = Field(300.0, gt=0)
+    broker_unreachable_exit_s: float = Field(120.0, gt=0)
+    # On a fatal error /healthz fails for fatal_exit_delay_s before the worker stops (exit code 1);
+    # a stop that hangs longer than fatal_exit_timeout_s ends the process at once.
+    fatal_exit_delay_s: float = Field(2.0, ge=0)
+    fatal_exit_timeout_s: float = Field(30.0, gt=0)
     # The served model inside the installed package; point elsewhere to classify with another artifact.
     artifact_dir: Path = SERVED_ARTIFACT
     model_repository: Path = MODEL_REPOSITORY  # what the local stack's tritonserver serves
@@ -97,6 +115,12 @@ class Settings(BaseSettings):
     triton_bind_address: str = "127.0.0.1"
     # Dead letters keep an excerpt of the raw payload (PHI): the broker deletes them after this long.
     dead_letter_retention_hours: float = Field(72.0, gt=0)
+
+    @model_validator(mode="after")
+    def _stall_exit_after_stall(self) -> Settings:
+        if self.stall_exit_s < self.stall_timeout_s:
+            raise ValueError("stall_exit_s must be >= stall_timeout_s (not ready first, then exit)")
+        return self
 
     def kafka_client_kwargs(self) -> dict:
         """Connection options in kafka-python's spelling (producers, admin, test consumers)."""

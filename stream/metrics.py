@@ -13,7 +13,8 @@ CLASSIFIER_SECONDS = Histogram("hwm_classifier_request_seconds", "One classifier
                                buckets=(.005, .01, .025, .05, .1, .15, .2, .25, .3, .4, .5, 1, 2, 5))
 CLASSIFIER_BATCH = Histogram("hwm_classifier_batch_size", "Microdialogues per classifier call",
                              buckets=(1, 2, 4, 8, 16, 32, 64, 128))
-CLASSIFIER_ERRORS = Counter("hwm_classifier_errors_total", "Failed classifier attempts", ["kind"])
+CLASSIFIER_ERRORS = Counter("hwm_classifier_errors_total", "Failed classifier attempts",
+                            ["kind"])  # timeout | unavailable | server_error | rejected | other
 CLASSIFIER_INFLIGHT = Gauge("hwm_classifier_inflight", "Classifier calls in flight")
 LATENCY = Histogram("hwm_utterance_to_event_seconds",
                     "From the utterance that completed a microdialogue to its event being emitted",
@@ -22,3 +23,18 @@ ACTIVE_SESSIONS = Gauge("hwm_active_sessions", "Sessions open on this worker")
 INBOUND_LAG = Histogram("hwm_inbound_lag_seconds",
                         "From the producer's Kafka timestamp to the worker starting on the record",
                         buckets=(.005, .01, .025, .05, .1, .2, .3, .5, .75, 1, 2, 5))
+
+# Health (stream/health.py decides; stream/probes.py exports). Partition labels are partition numbers.
+WORKER_LIVE = Gauge("hwm_worker_live", "1 while /healthz passes")
+WORKER_READY = Gauge("hwm_worker_ready", "1 while /readyz passes")
+NOT_READY = Gauge("hwm_worker_not_ready", "1 for each reason /readyz fails now", ["reason"])
+FATAL = Counter("hwm_worker_fatal_total", "Fatal errors that stop the worker (exit code 1)",
+                ["reason"])  # batch_failed | classifier_unavailable | stalled | broker_data_lost | broker_unreachable
+PARTITION_STALLS = Counter("hwm_partition_stalls_total",
+                           "Times a partition had lag and made no progress for HWM_STALL_TIMEOUT_S")
+CONSUMER_LAG = Gauge("hwm_consumer_lag", "Records past this worker's position (a lower bound)", ["partition"])
+BROKER_PROBE_FAILURES = Counter("hwm_broker_probe_failures_total", "Broker probes that failed or timed out")
+BROKER_DATA_LOST = Counter("hwm_broker_data_lost_total",
+                           "Partitions whose committed offset or log end went backwards (broker lost its data)")
+COMMITS_REFUSED = Counter("hwm_offset_commits_refused_total",
+                          "Offset commits refused after a batch could not be finished")

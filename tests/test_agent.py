@@ -144,3 +144,57 @@ async def test_valid_and_invalid_messages_in_one_stream(app, sent, utterance_fac
         ("a", "learn"), ("b", "take_action")]
     assert [d["reason"] for d in sent.on("dead-letter")] == ["unknown_speaker"]
     assert sum(len(c) for c in fake_classifier.calls) == 2
+
+
+class BrokenClassifier:
+    """A classifier whose every call fails, with a message quoting its input (as server errors can)."""
+
+    model_version = "broken/1"
+
+    async def start(self) -> None:
+        return None
+
+    async def classify(self, items):
+        raise RuntimeError(f"cannot score {items[0].therapist!r}")
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_a_failed_batch_stops_the_worker_without_output_or_commit(settings_factory, clock, sent,
+                                                                         utterance_factory, caplog):
+    stops: list[str] = []
+    app = create_app(settings_factory(batch_within_s=0.005, batch_size=16, fatal_exit_delay_s=0),
+                     classifier=BrokenClassifier(), clock=clock, stop_worker=lambda a, reason: stops.append(reason))
+    s, later = utterance_factory("s1"), utterance_factory("s2")
+    async with app.monitor_agent.test_context() as agent:
+        await put_all(agent, [s.therapist("Please breathe slowly, PHI-MARKER-7731."), s.client("Okay."), s.end()])
+        await wait_for(agent, lambda: stops)
+        for m in (later.start(), later.end()):  # nothing after the failed batch is processed
+            await agent.put(key=m.session_id.encode(), value=m.model_dump_json().encode(), wait=False)
+        await asyncio.sleep(0.2)
+        assert app.health.fatal == "batch_failed" and app.health.commits_blocked == "batch_failed"
+        assert not app.health.liveness(app.health.heartbeat_at or 0.0).ok
+        assert stops == ["batch_failed"]
+    assert sent.records == [] and sent.changelog == []
+    assert app.sessions_table.get("s1") is None and app.sessions_table.get("s2") is None
+    failure = [r.getMessage() for r in caplog.records if "failed with RuntimeError" in r.getMessage()]
+    assert failure and "PHI-MARKER" not in caplog.text and "breathe" not in caplog.text
+
+
+async def test_no_offset_is_committed_once_commits_are_blocked(app):
+    """Every faust commit path ends in the consumer's _commit: blocked, it commits nothing."""
+    from faust.types import TP
+    app.health.block_commits("batch_failed")
+    assert await app.consumer._commit({TP("utterances", 0): 42}) is False
+
+
+async def test_a_finished_batch_counts_as_progress(app, sent, utterance_factory):
+    s = utterance_factory("s1")
+    app.health.assigned([("utterances", 0)], 0.0)
+    async with app.monitor_agent.test_context() as agent:
+        await put_all(agent, a_session(s))
+        await wait_for(agent, lambda: sent.on("session-summaries"))
+        assert app.health.agent_started and app.health.agent_down_since is None
+    # test_context feeds partition 0 from offset 0: the last record processed is the session's end
+    assert app.health.partitions[("utterances", 0)].processed == len(a_session(s)) - 1

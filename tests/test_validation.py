@@ -319,7 +319,7 @@ def test_small_payload_is_kept_whole_and_not_marked_truncated():
 def test_dead_letter_reasons_are_the_schema_vocabulary():
     assert set(get_args(DeadLetterReason)) == {
         "malformed_json", "invalid_encoding", "too_deep", "oversized_payload", "schema_error",
-        "unknown_speaker", "oversized_text", "processing_error"}
+        "unknown_speaker", "oversized_text", "processing_error", "seq_gap"}
     assert DeadLetter.model_json_schema()["properties"]["reason"]["enum"] == list(get_args(DeadLetterReason))
 
 
