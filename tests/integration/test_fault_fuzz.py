@@ -133,20 +133,26 @@ def test_ten_thousand_fuzzed_messages_lose_nothing_and_leak_nothing(live_stack):
                   until=lambda r: len(r[t.dead_letter]) >= expected_dead
                   and len({x["session_id"] for x in r[t.session_summaries]} & {x["session_id"] for x in sessions})
                   == len(sessions), timeout_s=300)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 90
     while True:  # every input counted by outcome; nothing unaccounted for
-        # The input topic also carries the worker's own silence checks: count what is on it.
-        inputs = topic_size(s, t.utterances)
+        # The input topic also carries the worker's own silence checks, still arriving for the fuzz
+        # sessions left waiting: count what is on it, and accept only a reading that held still.
+        before = topic_size(s, t.utterances)
         text = scrape(live_stack.worker_metrics_port)
         counted = sum(metric_value(text, "hwm_utterances", result=r)
                       for r in ("ok", "duplicate", "late", "control", "dead_letter"))
-        if counted >= inputs or time.monotonic() > deadline:
+        inputs = topic_size(s, t.utterances)
+        if (counted >= inputs == before) or time.monotonic() > deadline:
             break
-        time.sleep(1)
+        time.sleep(2)
     assert inputs >= sent
-    assert counted == inputs, f"{inputs - counted} of {inputs} inputs unaccounted for"
-    assert metric_value(text, "hwm_utterances", result="dead_letter") == expected_dead
-    assert len(out[t.dead_letter]) == expected_dead
+    # Lost = 0: every input has an outcome. At-least-once may process a record twice (a redelivered
+    # record counts again, as a duplicate or the same dead letter), never zero times.
+    assert counted >= inputs, f"{inputs - counted} of {inputs} inputs unaccounted for"
+    assert counted - inputs <= inputs // 100, f"{counted - inputs} redeliveries without any fault"
+    # Each refused input has exactly one dead letter, found by its pointer (partition, offset).
+    pointers = {(d["partition"], d["offset"]) for d in out[t.dead_letter]}
+    assert len(pointers) == expected_dead
     assert max(len(json.dumps(d)) for d in out[t.dead_letter]) < 8 * 1024
 
     # The valid sessions are exactly what the offline path makes of them.
