@@ -22,3 +22,9 @@ ACTIVE_SESSIONS = Gauge("hwm_active_sessions", "Sessions open on this worker")
 INBOUND_LAG = Histogram("hwm_inbound_lag_seconds",
                         "From the producer's Kafka timestamp to the worker starting on the record",
                         buckets=(.005, .01, .025, .05, .1, .2, .3, .5, .75, 1, 2, 5))
+# Source positions and retired sessions (docs/RESTARTS.md).
+SOURCE_REWINDS = Counter("hwm_source_rewinds_total",
+                         "Source partitions read again because a record after the stored position was missing")
+SOURCE_GAP_RECORDS = Counter("hwm_source_gap_records_total",
+                             "Source offsets never received (not in the log: retention or control records)")
+SESSIONS_EXPIRED = Counter("hwm_sessions_expired_total", "Retired session tombstones deleted after the grace period")
