@@ -6,6 +6,7 @@ same real services. Each service logs to its own file under ``<run_dir>/logs``.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 from collections.abc import Mapping
@@ -32,11 +33,23 @@ class Ports:
         return cls(*(free_port() for _ in range(5)))
 
 
+def changelog_topic(settings: Settings) -> str:
+    """Faust's changelog of the ``sessions`` table (``<app id>-<table>-changelog``)."""
+    return f"{settings.app_id}-sessions-changelog"
+
+
 def all_topics(settings: Settings) -> dict[str, int]:
     """Our topics plus Faust's table changelog, pre-created with matching partition counts."""
     topics = settings.topic_partition_counts()
-    topics[f"{settings.app_id}-sessions-changelog"] = settings.topic_partitions
+    topics[changelog_topic(settings)] = settings.topic_partitions
     return topics
+
+
+def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
+    """Topic configs beyond the broker defaults: the dead-letter retention (Settings.topic_configs), and
+    the compacted changelog: recovery then reads one record per live key, and a deleted (expired)
+    session's tombstone removes the key for good."""
+    return {**settings.topic_configs(), changelog_topic(settings): {"cleanup.policy": "compact"}}
 
 
 def wait_for_log(path: Path, text: str, timeout_s: float) -> None:
@@ -68,8 +81,12 @@ def _made(path: Path) -> Path:
 def start_broker(stack: ServiceStack, settings: Settings, ports: Ports, log_dir: Path) -> Settings:
     stack.add("tansu", tansu_command("127.0.0.1", ports.kafka), scrubbed_environ(), log_dir / "tansu.log",
               lambda: wait_for_port("127.0.0.1", ports.kafka, 20))
+    # The broker starts empty (memory storage): table state kept on disk by earlier runs' workers
+    # describes changelogs and offsets that no longer exist, and must not be recovered.
+    for datadir in settings.run_dir.glob("faust-*"):
+        shutil.rmtree(datadir)
     settings = settings.model_copy(update={"kafka_bootstrap": f"127.0.0.1:{ports.kafka}"})
-    create_topics(settings.kafka_bootstrap, all_topics(settings), configs=settings.topic_configs(),
+    create_topics(settings.kafka_bootstrap, all_topics(settings), configs=topic_configs(settings),
                   client_kwargs=settings.kafka_client_kwargs())
     return settings
 

@@ -251,10 +251,10 @@ def cmd_worker(a, settings: Settings) -> None:
 
 def cmd_topics(a, settings: Settings) -> None:
     from homework_monitor.deploy.broker import create_topics
-    from homework_monitor.deploy.local_stack import all_topics
-    create_topics(settings.kafka_bootstrap, all_topics(settings), configs=settings.topic_configs(),
+    from homework_monitor.deploy.local_stack import all_topics, topic_configs
+    create_topics(settings.kafka_bootstrap, all_topics(settings), configs=topic_configs(settings),
                   client_kwargs=settings.kafka_client_kwargs())
-    print(json.dumps(all_topics(settings)))
+    print(json.dumps({"partitions": all_topics(settings), "configs": topic_configs(settings)}))
 
 
 def cmd_replay(a, settings: Settings) -> None:

@@ -23,10 +23,12 @@ import warnings
 import weakref
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from typing import cast
 
 import faust
 from faust.exceptions import AlreadyConfiguredWarning
 from faust.streams import _current_event
+from faust.tables.table import Table as FaustTable
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.transport.drivers.aiokafka import Transport as AIOKafkaTransport
@@ -39,7 +41,9 @@ from . import metrics, probes
 from .classifiers import ClassifierUnavailable, TritonClassifier
 from .config import Settings
 from .health import HealthState
+from .expiry import expired_by_partition, is_expired, session_fields, with_retirement
 from .processor import InboundRecord, process_batch, silence_checks_due
+from .progress import SourceProgress, marker_key, marker_next_offset, marker_value, plan_position
 from .schemas import SilenceCheck
 from .windowing import SessionState
 
@@ -62,12 +66,52 @@ class _FetchWaitConsumerThread(AIOKafkaConsumerThread):
         return consumer
 
 
+class _StatePositionedConsumer(AIOKafkaConsumer):
+    """Source partitions start where the recovered table state needs them, with nothing fetched before.
+
+    After recovering the tables, faust resumes the source partitions and only then seeks them to the
+    committed offsets, while its fetcher (started to read the changelogs) is running. Records fetched
+    in between reach the stream buffer and advance faust's read offsets; their re-fetch after the seek
+    is dropped as already read; ``flow_control.resume()`` then clears the buffer. The records in
+    between are never processed, and faust's gap bookkeeping lets the commit pass them
+    (docs/RESTARTS.md). Here the source partitions stay paused until they are positioned, and the
+    position comes from the state's own marker (``SourceGate.position``).
+    """
+    _unpositioned: frozenset = frozenset()
+
+    def _gate(self) -> SourceGate | None:
+        return getattr(self.app, "source_gate", None)
+
+    async def on_partitions_assigned(self, assigned, generation_id: int = 0) -> None:
+        gate = self._gate()
+        self._unpositioned = frozenset(tp for tp in assigned if gate and tp.topic == gate.topic)
+        await super().on_partitions_assigned(assigned, generation_id)
+
+    async def on_partitions_revoked(self, revoked) -> None:
+        gate = self._gate()
+        if gate:
+            gate.forget(tp.partition for tp in revoked if tp.topic == gate.topic)
+        await super().on_partitions_revoked(revoked)
+
+    def resume_partitions(self, tps) -> None:
+        super().resume_partitions(set(tps) - self._unpositioned)
+
+    async def perform_seek(self) -> None:
+        await super().perform_seek()  # committed offsets (faust also calls this mid-rebalance)
+        gate = self._gate()
+        if not self._unpositioned or gate is None or not self.flow_active:
+            return  # nothing waiting, or a rebalance is under way (tables not recovered yet)
+        await gate.position(self, self._unpositioned & self.assignment())
+        ready, self._unpositioned = self._unpositioned, frozenset()
+        super().resume_partitions(ready & self.assignment())
+
+
 def _transport_class(fetch_max_wait_ms: int) -> type[AIOKafkaTransport]:
     """A transport whose consumers use ``fetch_max_wait_ms``: scoped to one app, nothing patched."""
     thread_cls = type("FetchWaitConsumerThread", (_FetchWaitConsumerThread,),
                       {"fetch_max_wait_ms": fetch_max_wait_ms})
 
-    class FetchWaitConsumer(AIOKafkaConsumer):
+    class FetchWaitConsumer(_StatePositionedConsumer):
         def _new_consumer_thread(self):
             return thread_cls(self, loop=self.loop, beacon=self.beacon)
 
@@ -110,6 +154,141 @@ class MonitorApp(faust.App):
         super()._create_directories()
 
 
+class SessionTable(FaustTable):
+    """The sessions table. The changelog writes of a batch are collected so that the agent can wait for
+    the broker to have them before the batch's offsets become committable (faust's flush before a
+    commit gives up after 0.1 s without progress and can commit past state it never wrote)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._changelog_pending: list = []
+
+    def send_changelog(self, *args, **kwargs):
+        fut = super().send_changelog(*args, **kwargs)
+        self._changelog_pending.append(fut)
+        return fut
+
+    async def changelog_written(self) -> None:
+        pending, self._changelog_pending = self._changelog_pending, []
+        for fut in pending:
+            await fut
+
+
+class SourceGate:
+    """Applies each source partition in offset order from the position the table state records.
+
+    After each batch, the next offset of every partition it advanced is written to the sessions table
+    (``marker_key``), after the batch's session states and to the same changelog partition, so the
+    recovered marker never runs ahead of the recovered sessions. Redeliveries below it are skipped;
+    a record above it (a hole) is held and its partition read again (``stream/progress.py``).
+    """
+
+    def __init__(self, topic: str, table: SessionTable, settings: Settings, clock):
+        self.topic, self.table, self.clock = topic, table, clock
+        self.progress = SourceProgress(settings.source_gap_timeout_s, settings.source_rewind_interval_s)
+        self.grace_s = settings.retired_session_grace_s
+        self._recorded: dict[int, int] = {}
+        self.expiry_due: dict[int, list[str]] = {}
+
+    def forget(self, partitions) -> None:
+        partitions = list(partitions)
+        self.progress.forget(partitions)
+        for p in partitions:
+            self._recorded.pop(p, None)
+            self.expiry_due.pop(p, None)
+
+    def recorded(self, partition: int) -> int | None:
+        return marker_next_offset(self.table.get(marker_key(self.topic, partition)))
+
+    async def position(self, consumer, tps) -> None:
+        """Seek each source partition to where the recovered state needs it (tables are recovered)."""
+        tps = sorted(tps)
+        if not tps:
+            return
+        log_start = await consumer.earliest_offsets(*tps)
+        for tp in tps:
+            marker = self.recorded(tp.partition)
+            committed = consumer._read_offset.get(tp)  # faust's seek to the committed offset just set it
+            pos = plan_position(marker, committed, log_start.get(tp))
+            if pos.read_from is not None:
+                await consumer.seek_wait({tp: pos.read_from})
+            self.progress.reset(tp.partition, pos.next_offset)
+            if marker is not None:
+                self._recorded[tp.partition] = marker
+            log.info("source %s[%d]: state at %s, committed %s: reading from %s", self.topic, tp.partition,
+                     marker, committed, pos.read_from)
+            if pos.lost:
+                metrics.SOURCE_GAP_RECORDS.inc(pos.lost)
+                log.error("source %s[%d]: %d record(s) after the stored state are no longer on the broker",
+                          self.topic, tp.partition, pos.lost)
+
+    def admit(self, events) -> list:
+        """The events to apply, in order; redeliveries are skipped, records after a hole held."""
+        now = time.monotonic()
+        out = []
+        for e in events:
+            verdict = self.progress.admit(e.message.partition, e.message.offset, now)
+            if verdict == "applied":
+                metrics.UTTERANCES.labels(result="replayed").inc()
+                continue
+            if verdict == "held":
+                continue
+            if verdict == "gap":
+                p, first, present = self.progress.gaps.pop()
+                metrics.SOURCE_GAP_RECORDS.inc(present - first)
+                log.error("source %s[%d]: offsets %d..%d never arrived after %.0f s; continuing at %d",
+                          self.topic, p, first, present - 1, self.progress.gap_timeout_s, present)
+            out.append(e)
+        return out
+
+    async def commit_progress(self, events) -> None:
+        """Make the batch's session states durable, then record each advanced partition's next offset
+        and delete due tombstones, and wait for those too: all of it is on the broker before the
+        batch's offsets can be committed. The marker goes in a produce request of its own after the
+        states, so it is the last record of its changelog partition (tansu's ListOffsets understates
+        the end of a multi-record batch, and faust recovers only up to that end)."""
+        await self.table.changelog_written()
+        self.record(events)
+        await self.table.changelog_written()
+
+    def record(self, events) -> None:
+        """Each advanced partition's next offset, then due expiries (after the session states)."""
+        last = {}
+        for e in events:
+            last[e.message.partition] = e
+        for p, e in sorted(last.items()):
+            _current_event.set(weakref.ref(e))  # table writes go to the changelog partition of this event
+            nxt = self.progress.next_offset(p)
+            if nxt is not None and self._recorded.get(p) != nxt:
+                self.table[marker_key(self.topic, p)] = marker_value(nxt)
+                self._recorded[p] = nxt
+            self._expire(self.expiry_due.pop(p, ()))
+
+    def _expire(self, session_ids) -> None:
+        for sid in session_ids:
+            # Deleted only if still a tombstone past its grace (checked again: the scan was earlier).
+            if is_expired(self.table.get(sid), self.clock(), self.grace_s):
+                del self.table[sid]
+                metrics.SESSIONS_EXPIRED.inc()
+
+    async def rewind(self, app) -> None:
+        """Seek partitions with a hole back to their next offset (again every rewind interval)."""
+        for p, offset in self.progress.rewinds_due(time.monotonic()).items():
+            consumer = app.consumer
+            tp = consumer._new_topicpartition(self.topic, p)
+            if tp not in consumer.assignment():
+                continue
+            metrics.SOURCE_REWINDS.inc()
+            log.warning("source %s[%d]: record %d was not delivered; reading again from it", self.topic, p, offset)
+            await consumer.seek_wait({tp: offset})
+
+
+def table_value(state: SessionState, partition: int, now: float) -> dict:
+    """The table value of a session: its state, and for a retired one when and where it retired."""
+    value = state.to_json()
+    return with_retirement(value, now, partition) if state.ended else value
+
+
 def broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
     """Faust's credentials for the configured protocol: TLS for SSL and SASL_SSL, SASL for SASL_*."""
     ssl_context = settings.kafka_ssl_context()
@@ -132,8 +311,8 @@ def create_app(settings: Settings, classifier: Classifier | None = None,
     t = settings.topics
     app = MonitorApp(
         settings.app_id, fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms, broker=[f"kafka://{b}" for b in settings.kafka_bootstrap.split(",")],
-        broker_credentials=broker_credentials(settings), store="memory://", value_serializer="raw",
-        topic_partitions=settings.topic_partitions, table_standby_replicas=0,
+        broker_credentials=broker_credentials(settings), value_serializer="raw",
+        topic_partitions=settings.topic_partitions, **table_options(settings),
         broker_session_timeout=settings.broker_session_timeout_s,
         processing_guarantee="at_least_once", web_enabled=False,
         producer_acks=-1, topic_disable_leader=True,
@@ -144,7 +323,8 @@ def create_app(settings: Settings, classifier: Classifier | None = None,
     events = app.topic(t.homework_events, partitions=settings.topic_partitions)
     summaries = app.topic(t.session_summaries, partitions=settings.topic_partitions)
     dead_letter = app.topic(t.dead_letter, partitions=1)
-    sessions = app.Table("sessions", default=None, partitions=settings.topic_partitions)  # json k/v
+    sessions = cast(SessionTable, app.Table("sessions", default=None, partitions=settings.topic_partitions))
+    gate = SourceGate(t.utterances, sessions, settings, clock)
     silence_sent: dict[str, float] = {}
     app.classifier = classifier  # type: ignore[attr-defined]
     app.sessions_table = sessions  # type: ignore[attr-defined]
@@ -162,14 +342,19 @@ def create_app(settings: Settings, classifier: Classifier | None = None,
         stop = stop_worker or functools.partial(stop_faust_worker, timeout_s=settings.fatal_exit_timeout_s)
         asyncio.get_running_loop().call_later(settings.fatal_exit_delay_s, stop, app, reason)
     app.fail = fail  # type: ignore[attr-defined]
+    app.source_gate = gate  # type: ignore[attr-defined]
 
     def load_state(sid: str) -> SessionState | None:
+        # No current event: the RocksDB store then finds the key in whichever partition holds it
+        # (with one set, it looks only in that event's partition, which may be another session's).
+        _current_event.set(None)
         raw = sessions.get(sid)
-        return SessionState.from_json(raw) if raw else None
+        return SessionState.from_json(session_fields(raw)) if raw else None
 
     @app.agent(utterances)
     async def monitor(stream):
-        async def handle_batch(batch):
+        async def handle_batch(received):
+            batch = gate.admit(received)  # in offset order from the stored position; redeliveries skipped
             started = clock()
             for e in batch:
                 if e.message.timestamp:
@@ -189,8 +374,11 @@ def create_app(settings: Settings, classifier: Classifier | None = None,
             for sid, state in result.states.items():
                 # Table writes go to the changelog partition of the event that carried the session,
                 # which take_events does not set per event: point the context at it explicitly.
-                _current_event.set(weakref.ref(batch[result.last_record_of[sid]]))
-                sessions[sid] = state.to_json()
+                last = batch[result.last_record_of[sid]]
+                _current_event.set(weakref.ref(last))
+                sessions[sid] = table_value(state, last.message.partition, clock())
+            await gate.commit_progress(received)  # states on the broker, then the position markers
+            await gate.rewind(app)
             _observe(result)
             if result.dead_letters:
                 log.warning("dead-lettered %d message(s): %s", len(result.dead_letters),
@@ -204,13 +392,23 @@ def create_app(settings: Settings, classifier: Classifier | None = None,
         now = clock()
         # Ended sessions keep only a tombstone; skip them before parsing.
         states = {k: SessionState.from_json(v) for k, v in list(sessions.items())
-                  if v and not v.get("ended")}
+                  if isinstance(k, str) and v and not v.get("ended")}
         metrics.ACTIVE_SESSIONS.set(len(states))
         for sid in [k for k in silence_sent if k not in states]:
             del silence_sent[sid]
         for sid in silence_checks_due(states, now, settings.silence_flush_s, silence_sent):
             silence_sent[sid] = states[sid].last_activity_at
             await utterances.send(key=sid.encode(), value=_dump(SilenceCheck(session_id=sid, at=now)))
+
+    @app.timer(interval=settings.source_rewind_interval_s)
+    async def source_rewinds():
+        # A hole's partition may get no further records to trigger a rewind from the agent.
+        await gate.rewind(app)
+
+    @app.timer(interval=settings.retired_session_check_interval_s)
+    async def retired_session_expiry():
+        # Deleted by the agent with the partition's next batch (a table write needs that partition).
+        gate.expiry_due = expired_by_partition(list(sessions.items()), clock(), settings.retired_session_grace_s)
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # faust's signal typing
     async def on_assigned(app, assigned, **kwargs):  # noqa: ARG001 - faust signal signature
@@ -321,6 +519,13 @@ def _exit_now(reason: str) -> None:
     log.critical("worker stop did not finish: exiting now (%s)", reason)
     logging.shutdown()
     os._exit(1)
+
+
+def table_options(settings: Settings) -> dict:
+    """Faust table settings: the store (RocksDB on disk under the run dir, or memory), standbys, and
+    the table class whose changelog writes the agent can wait for."""
+    return {"store": "rocksdb://" if settings.table_store == "rocksdb" else "memory://",
+            "table_standby_replicas": settings.table_standby_replicas, "Table": SessionTable}
 
 
 def _observe(result) -> None:

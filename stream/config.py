@@ -150,3 +150,17 @@ class Settings(BaseSettings):
         t = self.topics
         return {t.utterances: self.topic_partitions, t.homework_events: self.topic_partitions,
                 t.session_summaries: self.topic_partitions, t.dead_letter: 1}
+
+    # Table state (docs/RESTARTS.md). RocksDB keeps each worker's partitions on disk under
+    # ``run_dir/faust-<worker_id>`` (a persistent volume in production): a restart reads only the
+    # changelog written since; ``memory`` replays the whole changelog on every start.
+    table_store: Literal["rocksdb", "memory"] = "rocksdb"
+    # Workers that keep a warm copy of each table partition for fast failover (0: none).
+    table_standby_replicas: int = Field(1, ge=0)
+    # An ended session's tombstone (kept so late redeliveries are recognised) is deleted after this.
+    retired_session_grace_s: float = Field(24 * 3600.0, gt=0)
+    retired_session_check_interval_s: float = Field(60.0, gt=0)
+    # A source partition whose next record did not arrive is read again every rewind interval; after
+    # the gap timeout the log is taken to have no record there (reported as a gap).
+    source_rewind_interval_s: float = Field(2.0, gt=0)
+    source_gap_timeout_s: float = Field(30.0, gt=0)

@@ -38,3 +38,10 @@ BROKER_DATA_LOST = Counter("hwm_broker_data_lost_total",
                            "Partitions whose committed offset or log end went backwards (broker lost its data)")
 COMMITS_REFUSED = Counter("hwm_offset_commits_refused_total",
                           "Offset commits refused after a batch could not be finished")
+
+# Source positions and retired sessions (docs/RESTARTS.md).
+SOURCE_REWINDS = Counter("hwm_source_rewinds_total",
+                         "Source partitions read again because a record after the stored position was missing")
+SOURCE_GAP_RECORDS = Counter("hwm_source_gap_records_total",
+                             "Source offsets never received (not in the log: retention or control records)")
+SESSIONS_EXPIRED = Counter("hwm_sessions_expired_total", "Retired session tombstones deleted after the grace period")

@@ -37,8 +37,11 @@ def sent(monkeypatch) -> Sent:
 
     def send_soon(self, *, key=None, value=None, partition=None, **kwargs):
         rec.changelog.append((self.get_topic_name(), key, value))
-        # the table reads the final partition from the returned future's message
-        return self.as_future_message(key=key, value=value, partition=partition or 0)
+        # the table reads the final partition from the returned future's message; the agent waits for
+        # its changelog writes, so the future is resolved as the broker's acknowledgement would
+        fut = self.as_future_message(key=key, value=value, partition=partition or 0)
+        fut.set_result(None)
+        return fut
 
     monkeypatch.setattr(Topic, "send", send)
     monkeypatch.setattr(Topic, "send_soon", send_soon)
