@@ -40,8 +40,8 @@ from homework_monitor.contract import Classifier, ContractMismatch
 from . import metrics, probes
 from .classifiers import ClassifierUnavailable, TritonClassifier
 from .config import Settings
-from .health import HealthState
 from .expiry import expired_by_partition, is_expired, session_fields, with_retirement
+from .health import HealthState
 from .processor import InboundRecord, process_batch, silence_checks_due
 from .progress import SourceProgress, marker_key, marker_next_offset, marker_value, plan_position
 from .schemas import SilenceCheck
