@@ -341,7 +341,6 @@ def create_app(settings: Settings, classifier: Classifier | None = None,
                      "code 1", reason, settings.fatal_exit_delay_s)
         stop = stop_worker or functools.partial(stop_faust_worker, timeout_s=settings.fatal_exit_timeout_s)
         asyncio.get_running_loop().call_later(settings.fatal_exit_delay_s, stop, app, reason)
-    app.fail = fail  # type: ignore[attr-defined]
     app.source_gate = gate  # type: ignore[attr-defined]
 
     def load_state(sid: str) -> SessionState | None:
@@ -499,7 +498,7 @@ class WorkerFailed(RuntimeError):
 def stop_faust_worker(app: faust.App, reason: str, timeout_s: float = 30.0) -> None:
     """Stop the Faust worker as an orchestrator's SIGTERM would -- leave the group, flush, close --
     but with exit code 1; end the process outright if that stop takes over ``timeout_s``."""
-    watchdog = threading.Timer(timeout_s, _exit_now, args=(reason,))
+    watchdog = threading.Timer(timeout_s, _exit_now, args=(reason, f"the stop took over {timeout_s:.0f}s"))
     watchdog.daemon = True
     watchdog.start()
     # The failed batch's events will never be acked: do not wait for them on the way out (faust reads
@@ -509,14 +508,14 @@ def stop_faust_worker(app: faust.App, reason: str, timeout_s: float = 30.0) -> N
         app.conf.stream_wait_empty = False
     root = app.beacon.root.data if app.beacon.root is not None else None
     if not isinstance(root, ModeWorker):
-        _exit_now(reason)
+        _exit_now(reason, "no faust worker to stop")
         return
     root.crash_reason = WorkerFailed(reason)  # mode re-raises it once stopped: exit code 1
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _exit_now(reason: str) -> None:
-    log.critical("worker stop did not finish: exiting now (%s)", reason)
+def _exit_now(reason: str, why: str) -> None:
+    log.critical("exiting now with code 1 (%s): %s", reason, why)
     logging.shutdown()
     os._exit(1)
 

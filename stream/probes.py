@@ -151,9 +151,13 @@ async def watch(health: HealthState, probe: BrokerProbe, *, topic: str,
                 committed, listed = await asyncio.wait_for(probe.observe(tps), timeout=max(interval_s, 10.0))
             except Exception as exc:  # noqa: BLE001 - any failure: the broker did not answer
                 metrics.BROKER_PROBE_FAILURES.inc()
+                if health.broker_failing_since is None:  # log an outage once, not at every check
+                    log.warning("broker probe failed (%s): not ready until the broker answers",
+                                type(exc).__name__)
                 health.broker_failed(clock())
-                log.warning("broker probe failed (%s)", type(exc).__name__)
             else:
+                if health.broker_failing_since is not None:
+                    log.info("broker answers again")
                 fetched = {tp: _safe(lambda tp=tp: fetch_highwater(tp), None) for tp in tps}
                 lost = health.broker_observed(clock(), committed, listed, fetched)
                 if lost:

@@ -40,7 +40,8 @@ def test_topics_creates_a_compacted_changelog_and_reruns_cleanly(broker):
         assert res.returncode == 0, res.stderr[-2000:]
     printed = json.loads(res.stdout)
     changelog = changelog_topic(settings)
-    assert printed["configs"] == {changelog: {"cleanup.policy": "compact"}}
+    assert printed["configs"] == {changelog: {"cleanup.policy": "compact"},
+                                  settings.topics.dead_letter: {"retention.ms": str(72 * 3600 * 1000)}}
     admin = KafkaAdminClient(bootstrap_servers=broker)
     try:
         configs = topic_configs(admin, list(all_topics(settings)))

@@ -65,7 +65,10 @@ def test_classify_and_summarize_from_an_installed_wheel_in_an_empty_directory(wh
         timeout=300)
     summaries = [json.loads(line) for line in (empty / "summaries.jsonl").read_text().splitlines()]
     assert len(summaries) == len(FIXTURE_SESSIONS.read_text().splitlines())
-    assert sorted(os.listdir(empty)) == ["items.jsonl", "labels.jsonl", "summaries.jsonl"]
+    # Each run writes its rejects file beside its output (empty here: every line was valid).
+    assert sorted(os.listdir(empty)) == ["items.jsonl", "labels.jsonl", "labels.rejects.jsonl",
+                                         "summaries.jsonl", "summaries.rejects.jsonl"]
+    assert (empty / "labels.rejects.jsonl").read_text() == (empty / "summaries.rejects.jsonl").read_text() == ""
     # The installed package, not the checkout, answered.
     where = run([venv / "bin" / "python", "-c", "import homework_monitor, sys; print(homework_monitor.__file__)"],
                 cwd=empty, env=env).stdout.strip()
