@@ -128,12 +128,16 @@ class Settings(BaseSettings):
                         "security_protocol": self.kafka_security_protocol}
         if self.kafka_security_protocol.endswith("SSL") and self.kafka_ssl_cafile is not None:
             kwargs["ssl_cafile"] = str(self.kafka_ssl_cafile)  # kafka-python verifies host names by default
-        if self.kafka_security_protocol.startswith("SASL"):
-            kwargs.update(sasl_mechanism=self.kafka_sasl_mechanism,
-                          sasl_plain_username=self.kafka_sasl_username,
-                          sasl_plain_password=(self.kafka_sasl_password.get_secret_value()
-                                               if self.kafka_sasl_password else None))
+        kwargs.update(self.kafka_sasl_kwargs())
         return kwargs
+
+    def kafka_sasl_kwargs(self) -> dict:
+        """SASL options, spelled the same by kafka-python and aiokafka; empty without SASL."""
+        if not self.kafka_security_protocol.startswith("SASL"):
+            return {}
+        return {"sasl_mechanism": self.kafka_sasl_mechanism, "sasl_plain_username": self.kafka_sasl_username,
+                "sasl_plain_password": (self.kafka_sasl_password.get_secret_value()
+                                        if self.kafka_sasl_password else None)}
 
     def kafka_ssl_context(self) -> ssl.SSLContext | None:
         """TLS context for SSL and SASL_SSL (the worker's aiokafka clients); None for plaintext."""

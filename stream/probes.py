@@ -70,12 +70,7 @@ def aiokafka_client_kwargs(settings: Settings) -> dict:
     """Connection options in aiokafka's spelling, TLS and SASL included."""
     kwargs: dict = {"bootstrap_servers": settings.kafka_bootstrap.split(","),
                     "security_protocol": settings.kafka_security_protocol,
-                    "ssl_context": settings.kafka_ssl_context()}
-    if settings.kafka_security_protocol.startswith("SASL"):
-        kwargs.update(sasl_mechanism=settings.kafka_sasl_mechanism,
-                      sasl_plain_username=settings.kafka_sasl_username,
-                      sasl_plain_password=(settings.kafka_sasl_password.get_secret_value()
-                                           if settings.kafka_sasl_password else None))
+                    "ssl_context": settings.kafka_ssl_context(), **settings.kafka_sasl_kwargs()}
     return kwargs
 
 
