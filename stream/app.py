@@ -168,10 +168,12 @@ class SessionTable(FaustTable):
         self._changelog_pending.append(fut)
         return fut
 
-    async def changelog_written(self) -> None:
+    async def changelog_written(self) -> set[int]:
+        """Wait for the changelog writes made since the last call; the partitions they went to."""
         pending, self._changelog_pending = self._changelog_pending, []
         for fut in pending:
             await fut
+        return {fut.message.partition for fut in pending}
 
 
 class SourceGate:
@@ -225,6 +227,7 @@ class SourceGate:
     def admit(self, events) -> list:
         """The events to apply, in order; redeliveries are skipped, records after a hole held."""
         now = time.monotonic()
+        self.progress.begin()  # confirmed by commit_progress once the batch's state is stored
         out = []
         for e in events:
             verdict = self.progress.admit(e.message.partition, e.message.offset, now)
@@ -242,27 +245,31 @@ class SourceGate:
         return out
 
     async def commit_progress(self, events) -> None:
-        """Make the batch's session states durable, then record each advanced partition's next offset
-        and delete due tombstones, and wait for those too: all of it is on the broker before the
-        batch's offsets can be committed. The marker goes in a produce request of its own after the
-        states, so it is the last record of its changelog partition (tansu's ListOffsets understates
-        the end of a multi-record batch, and faust recovers only up to that end)."""
+        """Store the batch: its session states and due tombstone deletions, then each partition's next
+        offset, each on the broker before the next step and before the batch's offsets can be
+        committed. A marker goes in a produce request of its own, after everything else the batch
+        wrote to its partition, so it is the last record there: a recovered marker is never ahead of
+        the recovered sessions, and the changelog never ends in a multi-record batch (tansu's
+        ListOffsets understates the end of one, and faust's recovery trusts that end)."""
+        for p, e in self._last_per_partition(events).items():
+            _current_event.set(weakref.ref(e))  # table writes go to the changelog partition of this event
+            self._expire(self.expiry_due.pop(p, ()))
+        written = await self.table.changelog_written()
+        for p, e in self._last_per_partition(events).items():
+            nxt = self.progress.next_offset(p)
+            if nxt is not None and (self._recorded.get(p) != nxt or p in written):
+                _current_event.set(weakref.ref(e))
+                self.table[marker_key(self.topic, p)] = marker_value(nxt)
+                self._recorded[p] = nxt
         await self.table.changelog_written()
-        self.record(events)
-        await self.table.changelog_written()
+        self.progress.confirm()
 
-    def record(self, events) -> None:
-        """Each advanced partition's next offset, then due expiries (after the session states)."""
+    @staticmethod
+    def _last_per_partition(events) -> dict:
         last = {}
         for e in events:
             last[e.message.partition] = e
-        for p, e in sorted(last.items()):
-            _current_event.set(weakref.ref(e))  # table writes go to the changelog partition of this event
-            nxt = self.progress.next_offset(p)
-            if nxt is not None and self._recorded.get(p) != nxt:
-                self.table[marker_key(self.topic, p)] = marker_value(nxt)
-                self._recorded[p] = nxt
-            self._expire(self.expiry_due.pop(p, ()))
+        return dict(sorted(last.items()))
 
     def _expire(self, session_ids) -> None:
         for sid in session_ids:

@@ -10,7 +10,7 @@ record exactly in offset order from there: below the marker is already applied, 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 #: Table key of a partition's marker: a list/tuple key can never equal a session id (a string).
@@ -78,24 +78,51 @@ class SourceProgress:
     fill within ``gap_timeout_s``: the log has no records there, the record is applied and the hole is
     reported). ``rewinds_due`` lists the partitions to seek back to their position, at most every
     ``rewind_interval_s`` while a hole lasts.
+
+    A micro-batch is admitted between ``begin`` and ``confirm``: its advances count only once the
+    batch's state is stored. A batch that fails never confirms, and the next ``begin`` starts again
+    from the confirmed positions, so its records are applied when they come again.
     """
 
     def __init__(self, gap_timeout_s: float, rewind_interval_s: float):
         self.gap_timeout_s = gap_timeout_s
         self.rewind_interval_s = rewind_interval_s
-        self._parts: dict[int, _Partition] = {}
+        self._parts: dict[int, _Partition] = {}  # confirmed
+        self._batch: dict[int, _Partition] | None = None  # the batch being applied
+        self._dropped: set[int] = set()  # forgotten while a batch was being applied
         self.gaps: list[tuple[int, int, int]] = []  # (partition, first missing offset, next present offset)
+
+    def _current(self) -> dict[int, _Partition]:
+        return self._batch if self._batch is not None else self._parts
+
+    def begin(self) -> None:
+        self._batch = {p: replace(st) for p, st in self._parts.items()}
+
+    def confirm(self) -> None:
+        if self._batch is not None:
+            self._parts, self._batch = self._batch, None
+            for p in self._dropped:
+                self._parts.pop(p, None)
+        self._dropped.clear()
 
     def reset(self, partition: int, next_offset: int | None) -> None:
         """The partition was (re)positioned: ``next_offset`` is the next record to apply."""
-        self._parts[partition] = _Partition(next_offset)
+        for parts in (self._parts, self._batch):
+            if parts is not None:
+                parts[partition] = _Partition(next_offset)
+        self._dropped.discard(partition)
 
     def forget(self, partitions) -> None:
+        """The partitions went to another worker. A batch being applied keeps its view of them (its
+        states are still written, and its position with them); they are dropped when it confirms."""
         for p in partitions:
             self._parts.pop(p, None)
+            if self._batch is not None:
+                self._dropped.add(p)
 
     def next_offset(self, partition: int) -> int | None:
-        st = self._parts.get(partition)
+        """The next offset to apply, as of the batch being applied if there is one."""
+        st = self._current().get(partition)
         return st.next_offset if st else None
 
     def holes(self) -> dict[int, int]:
@@ -103,7 +130,7 @@ class SourceProgress:
                 if st.hole_since is not None and st.next_offset is not None}
 
     def admit(self, partition: int, offset: int, now: float) -> Admission:
-        st = self._parts.setdefault(partition, _Partition(None))
+        st = self._current().setdefault(partition, _Partition(None))
         if st.next_offset is None or offset == st.next_offset:
             # Unknown position (never positioned: only under test harnesses) or the expected record.
             st.next_offset, st.hole_since, st.last_rewind_at = offset + 1, None, None
@@ -119,7 +146,7 @@ class SourceProgress:
         return "gap"
 
     def rewinds_due(self, now: float) -> dict[int, int]:
-        """Partitions with a hole whose rewind is due: partition -> offset to read from."""
+        """Partitions with a (confirmed) hole whose rewind is due: partition -> offset to read from."""
         due = {}
         for p, st in self._parts.items():
             if st.hole_since is None or st.next_offset is None:

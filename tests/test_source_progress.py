@@ -80,3 +80,41 @@ def test_partitions_are_independent():
     p.reset(1, 0)
     assert p.admit(1, 3, 0.0) == "held" and p.admit(0, 10, 0.0) == "apply"
     assert p.holes() == {1: 0}
+
+
+def test_a_batch_that_fails_is_admitted_again():
+    p = progress()
+    p.begin()
+    assert [p.admit(0, o, 0.0) for o in (10, 11, 12)] == ["apply"] * 3
+    assert p.next_offset(0) == 13  # as of the batch (written as its marker)
+    # the batch failed before its state was stored: no confirm
+    p.begin()
+    assert p.next_offset(0) == 10
+    assert [p.admit(0, o, 0.0) for o in (10, 11, 12)] == ["apply"] * 3
+    p.confirm()
+    p.begin()
+    assert p.admit(0, 12, 0.0) == "applied" and p.admit(0, 13, 0.0) == "apply"
+
+
+def test_repositioning_during_a_batch_wins_over_it():
+    p = progress()
+    p.begin()
+    assert p.admit(0, 10, 0.0) == "apply"
+    p.reset(0, 4)  # the partition was positioned from the recovered state meanwhile
+    p.confirm()
+    assert p.next_offset(0) == 4
+
+
+def test_a_partition_revoked_during_a_batch_keeps_its_position_until_the_batch_is_stored():
+    p = progress()
+    p.begin()
+    assert p.admit(0, 10, 0.0) == "apply"
+    p.forget([0])                    # revoked while the batch is being applied
+    assert p.next_offset(0) == 11    # the batch still writes its states and this position
+    p.confirm()
+    assert p.next_offset(0) is None  # then it is gone
+    p.begin()
+    p.forget([0])
+    p.reset(0, 11)                   # revoked and assigned back during one batch
+    p.confirm()
+    assert p.next_offset(0) == 11

@@ -30,7 +30,8 @@ SPEED = 30.0  # the 10 demo sessions in about 13 s
 # (where in the replay worker-1 dies, seconds before the replacement starts, replacement via `faust -A`,
 #  commit the end offsets while no worker runs: a committed offset ahead of the state, as faust's
 #  resume/seek race and tansu's short recovery used to leave it)
-ROUNDS = [(0.3, 0.0, False, False), (0.55, 12.0, True, True), (0.85, 0.0, False, False)]
+SESSION_TIMEOUT_S = 6.0  # the dead member's session expires sooner than with the default 10 s
+ROUNDS = [(0.3, 0.0, False, False), (0.55, SESSION_TIMEOUT_S + 2, True, True), (0.85, 0.0, False, False)]
 POSITION = re.compile(r"source utterances\[(\d+)\]: state at (\w+), committed (\w+): reading from (\w+)")
 
 
@@ -39,7 +40,7 @@ def triton_settings(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("triton")
     # No silence flushes: a replacement's timer would otherwise flush turns whose reply is still in
     # the backlog it has not read yet, and the events would differ from the offline path's.
-    settings = Settings(run_dir=run_dir, silence_flush_s=60.0)
+    settings = Settings(run_dir=run_dir, silence_flush_s=60.0, broker_session_timeout_s=SESSION_TIMEOUT_S)
     with ServiceStack() as stack:
         yield start_triton(stack, settings, Ports.free(), run_dir / "logs")
 
@@ -98,7 +99,8 @@ def run_round(base: Settings, run_dir, msgs, kill_at: float, delay_s: float, fau
     return settings, out, replacement_log
 
 
-def test_repeated_kill_9_with_immediate_and_delayed_restart_loses_nothing(triton_settings, tmp_path):
+def test_repeated_kill_9_with_immediate_and_delayed_restart_loses_nothing(triton_settings, tmp_path, monkeypatch):
+    monkeypatch.setenv("HWM_BROKER_SESSION_TIMEOUT_S", str(SESSION_TIMEOUT_S))  # the workers' environment
     sessions = read_sessions([demo_sessions_dir()])
     msgs = schedule(sessions, speed=SPEED, stagger_s=0.3)
     sent = Counter(m.key for m in msgs if m.kind == "utterance")
