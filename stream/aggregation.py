@@ -52,6 +52,30 @@ def record_assignment(state: SessionState, event: HomeworkEvent) -> SessionState
     return replace(state, assignments=tuple(sorted(state.assignments + (a,), key=lambda x: x.turn)))
 
 
+CATEGORY_TITLES = {"practice": "Practice a skill", "take_action": "Take an action",
+                   "journal": "Journal / self-monitor", "learn": "Learn material"}
+NO_HOMEWORK_NOTE = "No homework assigned this session."
+
+
+def _clock(start_s: float | None, first_start_s: float | None) -> str:
+    if start_s is None:
+        return "time unknown"
+    minutes, seconds = divmod(int(round(start_s - (first_start_s or 0.0))), 60)
+    return f"{minutes:d}:{seconds:02d} into the session"
+
+
+def charting_note(assignments: tuple[Assignment, ...] | list[Assignment], first_start_s: float | None) -> str:
+    """The homework section of a progress note, ready to paste: one line per assignment in session order,
+    its category, the therapist's words and when; or the no-homework sentence."""
+    if not assignments:
+        return NO_HOMEWORK_NOTE
+    cats = ", ".join(CATEGORY_TITLES[c] for c in sorted({a.category for a in assignments}))
+    lines = [f"Homework assigned ({cats}):"]
+    for a in sorted(assignments, key=lambda x: x.turn):
+        lines.append(f'- {CATEGORY_TITLES[a.category]}, {_clock(a.start_s, first_start_s)}: "{a.quote}"')
+    return "\n".join(lines)
+
+
 def session_summary(state: SessionState, model_version: str, emitted_at: float) -> SessionSummary:
     cats = sorted({a.category for a in state.assignments})
     duration = (state.last_time_s - state.first_start_s
@@ -60,6 +84,7 @@ def session_summary(state: SessionState, model_version: str, emitted_at: float) 
         summary_id=stable_id("summary", state.session_id, model_version),
         session_id=state.session_id, therapist_id=state.therapist_id, client_id=state.client_id,
         program_id=state.program_id, homework_assigned=bool(state.assignments), categories=cats,
-        assignments=list(state.assignments), n_utterances=state.n_utterances,
+        assignments=list(state.assignments),
+        note=charting_note(state.assignments, state.first_start_s), n_utterances=state.n_utterances,
         n_microdialogues=state.n_microdialogues, missing_utterances=state.missing_utterances,
         duration_s=duration, emitted_at=emitted_at, model_version=model_version)

@@ -34,6 +34,29 @@ class TopicNames(BaseSettings):
     homework_events: str = "homework-events"
     session_summaries: str = "session-summaries"
     dead_letter: str = "dead-letter"
+    nudges: str = "nudges"
+    session_opened: str = "session-opened"
+
+
+class StoreSettings(BaseSettings):
+    """The clinicians' store (homework_monitor.store): SQLite file by default, PostgreSQL in production."""
+    model_config = SettingsConfigDict(env_prefix="HWM_STORE_", extra="ignore")
+
+    # SQLAlchemy URL; None: a SQLite file under the run dir. A PostgreSQL URL can hold a password.
+    url: SecretStr | None = None
+    # Events, summaries, nudges, feedback and audit records older than this are deleted.
+    retention_days: float = Field(365.0, gt=0)
+
+
+class WebSettings(BaseSettings):
+    """The clinicians' web app (homework_monitor.web)."""
+    model_config = SettingsConfigDict(env_prefix="HWM_WEB_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    users_file: Path | None = None  # users and roles (docs/SURFACES.md); None: the demo users
+    session_ttl_minutes: float = Field(480.0, gt=0)
+    oidc_issuer: str | None = None  # an OIDC provider replaces the users file when set
 
 
 class Settings(BaseSettings):
@@ -47,6 +70,8 @@ class Settings(BaseSettings):
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
     topics: TopicNames = Field(default_factory=TopicNames)
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
     topic_partitions: int = Field(4, ge=1)
     app_id: str = "homework-monitor"
     worker_id: str = "worker-1"
@@ -82,6 +107,13 @@ class Settings(BaseSettings):
     context_turns: int = Field(3, ge=0)
     # Chosen on out-of-fold sessions_dev predictions (training/RESULTS.md, session sweep).
     event_threshold: float = Field(0.6, ge=0, le=1)
+
+    # Nudges and consent (docs/SURFACES.md). Rules are pure (stream/nudges.py), each fires at most once
+    # per session. A session without scheduled_minutes is taken to last default_scheduled_minutes.
+    default_scheduled_minutes: int = Field(50, ge=1)
+    nudge_no_homework_before_end_min: float = Field(10.0, ge=0)  # N: "no homework yet" this long before the end
+    nudge_review_within_min: float = Field(10.0, gt=0)  # M: "not yet reviewed" after this long without a review
+    require_consent: bool = False  # True: a session is processed only after a session_start with consent
 
     # The worker's HTTP endpoint: /metrics (Prometheus), /healthz (liveness), /readyz (readiness).
     # Loopback by default; a pod that is probed or scraped from outside sets HWM_METRICS_HOST=0.0.0.0.
@@ -153,7 +185,8 @@ class Settings(BaseSettings):
     def topic_partition_counts(self) -> dict[str, int]:
         t = self.topics
         return {t.utterances: self.topic_partitions, t.homework_events: self.topic_partitions,
-                t.session_summaries: self.topic_partitions, t.dead_letter: 1}
+                t.session_summaries: self.topic_partitions, t.nudges: self.topic_partitions,
+                t.session_opened: self.topic_partitions, t.dead_letter: 1}
 
     # Table state (docs/RESTARTS.md). RocksDB keeps each worker's partitions on disk under
     # ``run_dir/faust-<worker_id>`` (a persistent volume in production): a restart reads only the

@@ -74,6 +74,9 @@ class SessionStart(SessionMeta):
     type: Literal["session_start"] = "session_start"
     session_id: Id
     start_s: Offset | None = None
+    # The client's consent to monitoring. False: the worker processes and stores nothing of the session
+    # but a counter. None (not sent): processed unless HWM_REQUIRE_CONSENT is set (docs/SURFACES.md).
+    consent: bool | None = Field(None, strict=True)
 
 
 class SessionEnd(_Frozen):
@@ -106,6 +109,7 @@ class HomeworkEvent(_Frozen):
     session_id: str
     therapist_id: str | None
     program_id: str | None = None
+    client_id: str | None = None
     turn: int  # seq of the first utterance of the therapist turn
     category: HomeworkCategory
     confidence: float
@@ -125,21 +129,76 @@ class Assignment(_Frozen):
     quote: str
 
 
+class Review(_Frozen):
+    """A therapist turn that reviews homework assigned in an earlier session (asks how it went)."""
+    turn: int
+    start_s: float | None
+    quote: str
+    source: Literal["model", "rule"]  # the model's review output, or the documented keyword rule
+
+
 class SessionSummary(_Frozen):
     summary_id: str
     session_id: str
     therapist_id: str | None = None
     client_id: str | None = None
     program_id: str | None = None
+    scheduled_minutes: int | None = None
+    started_at: float | None = None  # wall clock (epoch s) when the worker saw the session's first message
     homework_assigned: bool
     categories: list[HomeworkCategory]
     assignments: list[Assignment]
+    # Charting-ready homework section (categories, the therapist's words, when); "No homework assigned
+    # this session." when there is none. Built by aggregation.charting_note, online and offline alike.
+    note: str
+    # Cross-session follow-up (per client_id): the client's previous session, whether it had homework,
+    # and whether this session reviewed it. None when unknown (no client_id or no previous session).
+    previous_session_id: str | None = None
+    previous_homework: list[Assignment] = Field(default_factory=list)
+    previous_homework_reviewed: bool | None = None
+    reviews: list[Review] = Field(default_factory=list)
     n_utterances: int
     n_microdialogues: int
     missing_utterances: int = 0
     duration_s: float | None = None
     emitted_at: float
     model_version: str
+
+
+NudgeRule = Literal["no_homework_yet", "review_previous", "not_yet_reviewed"]
+
+
+class Nudge(_Frozen):
+    """An in-session prompt to the therapist (``nudges`` topic), fired at most once per rule per session.
+
+    ``message`` is fixed wording per rule (no transcript text). ``previous_assignments`` (review rules
+    only) carries the previous session's categories and quotes: PHI, so the topic is restricted like
+    ``homework-events`` and only session views show it."""
+    nudge_id: str  # stable_id("nudge", session_id, rule): redelivery gives the same id
+    session_id: str
+    therapist_id: str | None = None
+    client_id: str | None = None
+    program_id: str | None = None
+    rule: NudgeRule
+    message: str
+    session_time_s: float | None  # seconds into the session when the rule fired
+    previous_session_id: str | None = None
+    previous_assignments: list[Assignment] = Field(default_factory=list)
+    emitted_at: float
+
+
+class SessionOpened(_Frozen):
+    """The worker saw a session's first message (``session-opened`` topic): feeds the live session list.
+
+    Ids and times only, no text. A session without consent is never announced."""
+    session_id: str
+    therapist_id: str | None = None
+    client_id: str | None = None
+    program_id: str | None = None
+    scheduled_minutes: int | None = None
+    started_at: float  # wall clock (epoch s)
+    start_s: float | None = None  # the session's own clock at its first message
+    emitted_at: float
 
 
 # Why an input was refused: a closed vocabulary, safe as a metric label and in logs.
@@ -233,7 +292,8 @@ def stable_id(*parts: object) -> str:
 SCHEMAS: dict[str, type[BaseModel]] = {
     "utterance": Utterance, "session_start": SessionStart, "session_end": SessionEnd,
     "silence_check": SilenceCheck, "homework_event": HomeworkEvent,
-    "session_summary": SessionSummary, "dead_letter": DeadLetter,
+    "session_summary": SessionSummary, "dead_letter": DeadLetter, "nudge": Nudge,
+    "session_opened": SessionOpened,
     "classify_input": ClassifyInput, "classify_output": ClassifyOutput, "corpus_session": CorpusSession,
 }
 

@@ -91,4 +91,5 @@ def test_sasl_without_password_passes_none(settings_factory):
 
 def test_dead_letter_topic_has_one_partition(settings_factory):
     counts = settings_factory(topic_partitions=6).topic_partition_counts()
-    assert counts == {"utterances": 6, "homework-events": 6, "session-summaries": 6, "dead-letter": 1}
+    assert counts == {"utterances": 6, "homework-events": 6, "session-summaries": 6, "nudges": 6,
+                      "session-opened": 6, "dead-letter": 1}
