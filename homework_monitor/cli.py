@@ -2,6 +2,7 @@
 
   demo        broker + tritonserver + worker + replay of the demo sessions, live output (Ctrl-C stops)
   worker      the Faust worker (reads HWM_* settings)
+  web         the clinicians' web app (HWM_WEB_*; docs/SURFACES.md); --hash-password for a users file
   replay      replay sessions (corpus JSONL schema) into the utterances topic
   topics      create the topics with their partition counts
   classify    microdialogues JSONL -> labels + scores (artifact in process, or --triton-url)
@@ -249,6 +250,15 @@ def cmd_worker(a, settings: Settings) -> None:
     run_worker(settings)
 
 
+def cmd_web(a, settings: Settings) -> int | None:
+    from homework_monitor.web import server
+    if a.hash_password:
+        return server.hash_password()
+    updates = {k: v for k, v in (("host", a.host), ("port", a.port)) if v is not None}
+    server.serve(settings.model_copy(update={"web": settings.web.model_copy(update=updates)}))
+    return None
+
+
 def cmd_topics(a, settings: Settings) -> None:
     from homework_monitor.deploy.broker import create_topics
     from homework_monitor.deploy.local_stack import all_topics, topic_configs
@@ -382,6 +392,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     sub.add_parser("worker", help="run the Faust worker").set_defaults(func=cmd_worker)
+    w = sub.add_parser("web", help="run the clinicians' web app (uvicorn)")
+    w.add_argument("--host", help="bind address (default HWM_WEB_HOST, 127.0.0.1)")
+    w.add_argument("--port", type=int, help="port (default HWM_WEB_PORT, 8080)")
+    w.add_argument("--hash-password", action="store_true",
+                   help="read a password (no echo) and print its Argon2id hash for a users file")
+    w.set_defaults(func=cmd_web)
     sub.add_parser("topics", help="create topics").set_defaults(func=cmd_topics)
 
     r = sub.add_parser("replay", help="replay sessions into Kafka")

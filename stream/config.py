@@ -57,6 +57,13 @@ class WebSettings(BaseSettings):
     users_file: Path | None = None  # users and roles (docs/SURFACES.md); None: the demo users
     session_ttl_minutes: float = Field(480.0, gt=0)
     oidc_issuer: str | None = None  # an OIDC provider replaces the users file when set
+    # Signs the CSRF tokens (itsdangerous). None: a random key per start, so tokens in open pages stop
+    # working after a restart (the page reloads). Set it when several web processes share one store.
+    secret_key: SecretStr | None = None
+    # Secure cookies (sent over HTTPS only): set it wherever the app is reached over TLS (production).
+    cookie_secure: bool = False
+    # How often a live page's event stream looks in the store for new detections, nudges and summaries.
+    poll_interval_s: float = Field(1.0, gt=0)
 
 
 class Settings(BaseSettings):
