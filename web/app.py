@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import re
 import secrets
 from collections.abc import AsyncIterator
@@ -221,7 +222,7 @@ def create_app(settings: Settings, store: Store, users: UserDirectory) -> FastAP
             return token
         token = await run_in_threadpool(start_login)
         response = RedirectResponse(next_path, status_code=303)
-        response.set_cookie(SESSION_COOKIE, token, max_age=int(ttl.total_seconds()), httponly=True,
+        response.set_cookie(SESSION_COOKIE, token, max_age=math.ceil(ttl.total_seconds()), httponly=True,
                             samesite="lax", secure=web.cookie_secure, path="/")
         set_csrf_cookie(response, csrf.new_nonce())  # a fresh CSRF nonce per login
         return response
@@ -330,6 +331,7 @@ def create_app(settings: Settings, store: Store, users: UserDirectory) -> FastAP
         """What the page has not shown yet: every detection and nudge once, then the summary; ends
         when the session has ended, the client leaves, or the login stops being valid."""
         sent: set[str] = set()
+        session_id = view["session_id"]
         while True:
             for kind, items, key in (("detection", view["events"], "event_id"),
                                      ("nudge", view["nudges"], "nudge_id")):
@@ -350,7 +352,7 @@ def create_app(settings: Settings, store: Store, users: UserDirectory) -> FastAP
                     still = lookup_login(db, token or "")
                     if still is None or not users.current(still):
                         return None
-                    return data.session_view(db, viewer, view["session_id"], audit_action=None)
+                    return data.session_view(db, viewer, session_id, audit_action=None)
             fresh = await run_in_threadpool(refresh)
             if fresh is None:  # logged out, expired, or the session left the viewer's scope
                 yield {"event": "logged_out", "data": "{}"}

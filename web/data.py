@@ -19,6 +19,7 @@ from homework_monitor.store.queries import (
     Detection,
     Fidelity,
     NudgeView,
+    SessionListItem,
     fidelity_report,
     list_sessions,
     live_sessions,
@@ -33,6 +34,7 @@ WINDOW_DAYS = {"week": 7, "month": 30}
 TREND_WEEKS = 8
 RECENT_DAYS = 30
 MAX_TREND_THERAPISTS = 8
+WINDOW_SESSIONS = 200  # drill-down list of the fidelity page
 
 
 # --- labels ----------------------------------------------------------------------------------------
@@ -43,8 +45,12 @@ def clock_label(seconds: float | None) -> str:
     return f"{minutes}:{secs:02d}"
 
 
+def percent(num: int, den: int) -> str:
+    return f"{round(100 * num / den)}%" if den else "—"
+
+
 def rate_label(num: int, den: int) -> str:
-    return f"{round(100 * num / den)}% ({num}/{den})" if den else "—"
+    return f"{percent(num, den)} ({num}/{den})" if den else "—"
 
 
 def when_label(t: datetime | None) -> str:
@@ -126,14 +132,19 @@ def live_rows(db: Session, viewer: Viewer) -> list[dict[str, Any]]:
             for r in live_sessions(db, viewer)]
 
 
+def _list_row(r: SessionListItem) -> dict[str, Any]:
+    return {"session_id": r.session_id, "therapist_id": r.therapist_id, "program_id": r.program_id,
+            "started_label": when_label(r.started_at), "ended": r.ended_at is not None,
+            "homework_assigned": r.homework_assigned,
+            "categories_label": ", ".join(CATEGORY_TITLES.get(c, c) for c in r.categories) or "—",
+            "nudges_sent": r.n_nudges}
+
+
 def recent_rows(db: Session, viewer: Viewer, limit: int = 50) -> list[dict[str, Any]]:
+    """Ended sessions of the last RECENT_DAYS, newest first."""
     end = datetime.now(UTC)
-    rows = [r for r in list_sessions(db, viewer, end - timedelta(days=RECENT_DAYS), end, limit=limit * 2)
-            if r.ended_at is not None][:limit]
-    return [{"session_id": r.session_id, "therapist_id": r.therapist_id, "program_id": r.program_id,
-             "started_label": when_label(r.started_at), "homework_assigned": r.homework_assigned,
-             "categories_label": ", ".join(CATEGORY_TITLES.get(c, c) for c in r.categories) or "—",
-             "nudges_sent": r.n_nudges} for r in rows]
+    rows = list_sessions(db, viewer, end - timedelta(days=RECENT_DAYS), end, limit=limit * 4)
+    return [_list_row(r) for r in rows if r.ended_at is not None][:limit]
 
 
 # --- fidelity (no text) --------------------------------------------------------------------------------
@@ -150,7 +161,10 @@ def _metrics(key: str | None, f: Fidelity) -> dict[str, Any]:
     return {"key": key, **f.as_dict(), "category_mix": mix,
             "homework_rate_label": rate_label(f.with_homework, f.completed),
             "review_rate_label": rate_label(f.prior_reviewed, f.prior_homework),
-            "follow_through_label": rate_label(f.homework_after_nudge, f.nudged_no_homework)}
+            "follow_through_label": rate_label(f.homework_after_nudge, f.nudged_no_homework),
+            "homework_percent": percent(f.with_homework, f.completed),
+            "review_percent": percent(f.prior_reviewed, f.prior_homework),
+            "follow_through_percent": percent(f.homework_after_nudge, f.nudged_no_homework)}
 
 
 def programs(db: Session, viewer: Viewer) -> list[str]:
@@ -168,6 +182,8 @@ def fidelity_view(db: Session, viewer: Viewer, window: Window, ending: date | No
             "start": start.isoformat(), "end": end.isoformat(),
             "start_label": start.date().isoformat(), "end_label": ending.isoformat(),
             "total": _metrics(None, by_therapist.total),
+            "sessions": [_list_row(r) for r in list_sessions(db, viewer, start, end, program_id=program,
+                                                             limit=WINDOW_SESSIONS)],
             "therapists": [_metrics(g.key, g.fidelity) for g in by_therapist.groups],
             "programs": [_metrics(g.key, g.fidelity) for g in by_program.groups],
             "trend": trend["table"], "trend_url": f"/api/fidelity/trend?{query}"}

@@ -18,8 +18,8 @@ from __future__ import annotations
 import ipaddress
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
+
 import yaml
 from pwdlib import PasswordHash
 from pydantic import BaseModel, ConfigDict, Field, model_validator
