@@ -69,6 +69,10 @@ class PostgresServer:
         subprocess.run(self._cmd("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust",
                                  "--encoding=UTF8", "--locale=C"),
                        check=True, capture_output=True, timeout=120, cwd=self.root)
+        return self.resume()
+
+    def resume(self) -> PostgresServer:
+        """Start the server (again) on its data dir and port."""
         opts = (f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.data} -c fsync=off "
                 "-c synchronous_commit=off -c full_page_writes=off")
         res = subprocess.run(self._cmd("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", opts, "-w",
@@ -96,6 +100,11 @@ class PostgresServer:
     def drop_database(self, url: str) -> None:
         name = url.rsplit("/", 1)[1]
         self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def pause(self) -> None:
+        """Stop the server, keeping its data (``resume`` starts it again): a database outage."""
+        subprocess.run(self._cmd("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop"),
+                       check=True, capture_output=True, timeout=60, cwd=self.root)
 
     def stop(self) -> None:
         subprocess.run(self._cmd("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop"),
