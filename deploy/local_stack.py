@@ -9,6 +9,7 @@ import os
 import shutil
 import sys
 import time
+import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,6 +135,33 @@ def start_sink(stack: ServiceStack, settings: Settings, log_dir: Path, name: str
            "HWM_RUN_DIR": str(settings.run_dir.resolve()), "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     stack.add(name, [sys.executable, "-m", "homework_monitor.cli", "sink"], env, log,
               lambda: wait_for_log(log, "partitions assigned", 60), cwd=_made(settings.run_dir))
+
+
+def wait_for_http(url: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} not answering after {timeout_s:.0f}s")
+
+
+def start_web(stack: ServiceStack, settings: Settings, log_dir: Path, port: int | None = None,
+              name: str = "web", extra_env: Mapping[str, str] | None = None) -> str:
+    """Start ``homework-monitor web`` over the same store as the sink (``HWM_STORE_URL`` or
+    ``<run_dir>/store.sqlite3``) on loopback; wait until it answers; returns its base URL."""
+    port = port or free_port()
+    log = log_dir / f"{name}.log"
+    env = {**os.environ, "HWM_RUN_DIR": str(settings.run_dir.resolve()), "HWM_WEB_HOST": "127.0.0.1",
+           "HWM_WEB_PORT": str(port), "PYTHONUNBUFFERED": "1", **(extra_env or {})}
+    url = f"http://127.0.0.1:{port}"
+    stack.add(name, [sys.executable, "-m", "homework_monitor.cli", "web"], env, log,
+              lambda: wait_for_http(f"{url}/healthz", 60), cwd=_made(settings.run_dir))
+    return url
 
 
 def restart_triton(stack: ServiceStack, ports: Ports, name: str = "tritonserver") -> None:

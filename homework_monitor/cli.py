@@ -1,6 +1,6 @@
 """``homework-monitor``: the one console script.
 
-  demo        broker + tritonserver + worker + replay of the demo sessions, live output (Ctrl-C stops)
+  demo        broker + tritonserver + worker + sink + web app + replay of the demo sessions, live output
   worker      the Faust worker (reads HWM_* settings)
   web         the clinicians' web app (HWM_WEB_*; docs/SURFACES.md); --hash-password for a users file
   replay      replay sessions (corpus JSONL schema) into the utterances topic
@@ -350,7 +350,14 @@ class LivePrinter:
 def cmd_demo(a, settings: Settings) -> None:
     import logging
 
-    from homework_monitor.deploy.local_stack import Ports, start_broker, start_sink, start_triton, start_worker
+    from homework_monitor.deploy.local_stack import (
+        Ports,
+        start_broker,
+        start_sink,
+        start_triton,
+        start_web,
+        start_worker,
+    )
     from homework_monitor.deploy.services import ServiceStack
     from homework_monitor.producers.replay import demo_sessions_dir, make_producer, read_sessions, replay, schedule
     from homework_monitor.store.db import safe_url, store_url
@@ -375,6 +382,8 @@ def cmd_demo(a, settings: Settings) -> None:
             print(f"  faust worker     metrics http://127.0.0.1:{ports.worker_metrics}/metrics")
             start_sink(stack, settings, log_dir)
             print(f"  store sink       {safe_url(store_url(settings))}")
+            web_url = start_web(stack, settings, log_dir, a.web_port or settings.web.port)
+            print(f"  web app          {web_url}/  {demo_login_hint(settings)}")
             printer = LivePrinter(settings, len(sessions))
             th = threading.Thread(target=printer.run, daemon=True)
             th.start()
@@ -385,13 +394,24 @@ def cmd_demo(a, settings: Settings) -> None:
             th.join(5)
             hw = sum(1 for s in printer.summaries if s["homework_assigned"])
             print(f"\n{len(printer.events)} homework events, {len(printer.summaries)}/{len(sessions)} summaries "
-                  f"({hw} with homework), {printer.dead} dead letters. Stopping services.")
+                  f"({hw} with homework), {printer.dead} dead letters.")
+            if sys.stdin.isatty():  # someone is watching: leave the web app up to look around
+                print(f"The web app stays up at {web_url}/ ({demo_login_hint(settings)}); Ctrl-C stops everything.")
+                threading.Event().wait()
+            print("Stopping services.")
         except KeyboardInterrupt:
             print("\ninterrupted: stopping services")
         finally:
             if printer is not None:  # stop printing before the broker goes away
                 printer.stop.set()
                 printer.done.set()
+
+
+def demo_login_hint(settings: Settings) -> str:
+    if settings.web.users_file is not None:
+        return f"users from {settings.web.users_file}"
+    from homework_monitor.web.users import DEMO_PASSWORD
+    return f"demo login: therapist1 / {DEMO_PASSWORD} (therapist), supervisor / {DEMO_PASSWORD} (supervisor)"
 
 
 def cmd_passthrough(module: str):
@@ -419,6 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--kafka-port", type=int, default=9092)
     d.add_argument("--triton-port", type=int, default=8000, help="http; grpc and metrics are +1, +2")
     d.add_argument("--metrics-port", type=int, default=9100)
+    d.add_argument("--web-port", type=int, default=None, help="the web app's port (default HWM_WEB_PORT, 8080)")
     d.set_defaults(func=cmd_demo)
 
     sub.add_parser("worker", help="run the Faust worker").set_defaults(func=cmd_worker)

@@ -66,7 +66,7 @@ class Seeder:
 
     def event(self, sid: str, therapist: str, client: str, program: str, started: datetime, category: str,
               minute: float, turn: int, confidence: float = 0.9, quote: str | None = None) -> Assignment:
-        quote = quote or f"{QUOTES[category]} ({sid}, turn {turn})"
+        quote = quote or QUOTES[category]
         self.s.quotes.add(quote)
         scores = {c: 0.02 for c in ("none", "practice", "take_action", "journal", "learn")}
         scores[category] = confidence

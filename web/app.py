@@ -340,8 +340,8 @@ def create_app(settings: Settings, store: Store, users: UserDirectory) -> FastAP
                         sent.add(item[key])
                         yield {"event": kind, "id": item[key], "data": json.dumps(item)}
             if view["ended"]:
-                yield {"event": "summary", "data": json.dumps({k: view[k] for k in ("note", "followup_label",
-                                                                                     "homework_assigned")})}
+                summary = {k: view[k] for k in ("note", "followup_label", "homework_assigned", "elapsed_label")}
+                yield {"event": "summary", "data": json.dumps(summary)}
                 return
             await asyncio.sleep(web.poll_interval_s)
             if await request.is_disconnected():

@@ -99,7 +99,8 @@ def session_view(db: Session, viewer: Viewer, session_id: str, audit_action: str
         "session_id": s.session_id, "therapist_id": s.therapist_id, "client_id": s.client_id,
         "program_id": s.program_id, "scheduled_minutes": s.scheduled_minutes,
         "started_at": s.started_at.isoformat(), "started_at_epoch": s.started_at.timestamp(),
-        "ended": not s.live, "elapsed_label": f"{clock_label(s.elapsed_s)} {'elapsed' if s.live else 'long'}",
+        "ended": not s.live, "elapsed_label": (f"{clock_label(s.elapsed_s)} elapsed" if s.live else
+                          f"lasted {clock_label(s.duration_s if s.duration_s is not None else s.elapsed_s)}"),
         "homework_assigned": s.homework_assigned, "categories": s.categories,
         "events": [_detection(d) for d in s.detections], "nudges": [_nudge(n) for n in s.nudges],
         "assignments": [_assignment(a) for a in s.assignments], "note": s.note,

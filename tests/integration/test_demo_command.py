@@ -20,8 +20,10 @@ def test_demo_runs_every_session_to_its_summary_and_stops_cleanly(tmp_path):
     triton = free_port()
     while any(_busy(p) for p in (triton + 1, triton + 2)):
         triton = free_port()
+    web_port = free_port()
     cmd = [sys.executable, "-m", "homework_monitor.cli", "demo", "--speed", "40", "--stagger", "0.2",
-           "--kafka-port", str(free_port()), "--triton-port", str(triton), "--metrics-port", str(free_port())]
+           "--kafka-port", str(free_port()), "--triton-port", str(triton), "--metrics-port", str(free_port()),
+           "--web-port", str(web_port)]
     env = {**os.environ, "HWM_RUN_DIR": str(tmp_path)}
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -30,7 +32,10 @@ def test_demo_runs_every_session_to_its_summary_and_stops_cleanly(tmp_path):
     assert m, proc.stdout[-2000:]
     events, got, want, with_hw, dead = map(int, m.groups())
     assert got == want == 10 and with_hw == 8 and dead == 0 and events >= 16
-    for name in ("tansu.log", "tritonserver.log", "worker-1.log"):
+    # The web app ran beside it, and the demo said where and how to log in.
+    assert f"web app          http://127.0.0.1:{web_port}/  demo login: therapist1 / homework-demo" in proc.stdout
+    assert "GET /healthz" in (tmp_path / "demo" / "logs" / "web.log").read_text()
+    for name in ("tansu.log", "tritonserver.log", "worker-1.log", "web.log"):
         assert (tmp_path / "demo" / "logs" / name).exists()
     assert "stopped tansu" in proc.stderr
 

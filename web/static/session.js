@@ -11,6 +11,11 @@
   let ended = root.dataset.ended === "true";
   const startedAt = parseFloat(root.dataset.startedAt);
 
+  function flash(el) {
+    el.classList.add("fresh");
+    setTimeout(() => el.classList.remove("fresh"), 2500);
+  }
+
   function fromTemplate(id) {
     return document.getElementById(id).content.firstElementChild.cloneNode(true);
   }
@@ -27,7 +32,7 @@
     tr.querySelector(".quote").textContent = d.quote;
     tr.querySelector(".confidence").textContent = d.confidence_label;
     markVote(tr, d.my_vote);
-    tr.classList.add("fresh");
+    flash(tr);
     body.appendChild(tr);
     document.getElementById("detections-empty").hidden = true;
     document.getElementById("homework-count").textContent = body.rows.length;
@@ -39,7 +44,8 @@
     const li = fromTemplate("nudge-template");
     li.dataset.nudgeId = n.nudge_id;
     li.dataset.rule = n.rule;
-    li.className = "nudge rule-" + n.rule + " fresh";
+    li.className = "nudge rule-" + n.rule;
+    flash(li);
     li.querySelector(".message").textContent = n.message;
     li.querySelector(".time").textContent = n.time_label;
     const prev = li.querySelector(".previous");
@@ -61,6 +67,7 @@
     ended = true;
     document.getElementById("note").textContent = s.note || "";
     document.getElementById("followup").textContent = s.followup_label || "";
+    document.getElementById("elapsed").textContent = s.elapsed_label || "";
     document.getElementById("note-panel").hidden = false;
     const badge = document.getElementById("status-badge");
     badge.textContent = "Ended";
