@@ -27,7 +27,7 @@ def ts(day: int, hour: int, minute: int = 0, second: int = 0, month: int = 11) -
     return datetime(2026, month, day, hour, minute, second, tzinfo=UTC).timestamp()
 
 
-IDS = {"a": ("T1", "P1"), "b": ("T2", "P1"), "c": ("T3", "P2")}
+IDS = {"a": ("T1", "P1"), "b": ("T2", "P1"), "c": ("T3", "P2"), "l": ("T4", "P3")}
 
 
 def _ids(sid: str) -> dict:
@@ -126,4 +126,16 @@ def messages() -> list:
     # c1 (T3, program P2, week 1): no homework.
     c1 = ts(4, 9)
     m += [opened("c1", c1, "c7"), summary("c1", c1, c1 + 3000, [], client="c7")]
+    return m
+
+
+def load(n_sessions: int) -> list:
+    """More traffic: ``n_sessions`` sessions of therapist T4 (program P3) with 3 events, a nudge and a
+    summary each (6 messages per session)."""
+    m: list = []
+    for i in range(n_sessions):
+        sid, t = f"l{i:04d}", ts(20, 8) + 600 * i
+        events = [event(sid, turn, "practice", t + 60 * turn, f"load practice {i} turn {turn}") for turn in (2, 4, 6)]
+        m += [opened(sid, t, f"lc{i}"), *events, nudge(sid, "no_homework_yet", t + 30, 30.0),
+              summary(sid, t, t + 1800, [assignment(e.turn, "practice", e.quote) for e in events])]
     return m
