@@ -74,7 +74,7 @@ def test_types_check_on_the_wheel_layout(tmp_path):
     tree = wheel_layout(tmp_path)
     pkg = tree / "homework_monitor"
     targets = [pkg / "contract.py", pkg / "model.py", pkg / "cli.py", pkg / "stream", pkg / "producers",
-               pkg / "deploy"]
+               pkg / "deploy", pkg / "web"]
     exe = Path(sys.executable).with_name("mypy")
     res = subprocess.run([str(exe), "--config-file", str(PYPROJECT), "--cache-dir", str(tmp_path / ".mypy"),
                           *map(str, targets)], cwd=tree, capture_output=True, text=True, timeout=600)

@@ -85,7 +85,8 @@ def _followup(previous_session_id: str | None, previous: list[AssignmentView], r
     if previous_session_id is None or not previous:
         return ""
     cats = ", ".join(sorted({CATEGORY_TITLES.get(a.category, a.category) for a in previous}))
-    verdict = {True: "reviewed in this session", False: "not reviewed in this session"}.get(reviewed, "review unknown")
+    verdict = ("review unknown" if reviewed is None else
+               "reviewed in this session" if reviewed else "not reviewed in this session")
     return f"Homework from the previous session ({cats}): {verdict}."
 
 
@@ -200,7 +201,7 @@ def trend_chart(db: Session, viewer: Viewer, weeks: int, ending: date | None, pr
     start = datetime.combine(last_monday - timedelta(weeks=weeks - 1), time(0), UTC)
     overall = fidelity_report(db, viewer, start, end, "therapist", program_id=program)
     labels = [w.week_start.isoformat() for w in overall.weeks]
-    series = [{"label": "all sessions" if viewer.role != "therapist" else "my sessions", "overall": True,
+    series: list[dict[str, Any]] = [{"label": "all sessions" if viewer.role != "therapist" else "my sessions", "overall": True,
                "rates": [w.fidelity.assignment_rate for w in overall.weeks]}]
     if viewer.role != "therapist":
         for g in [g for g in overall.groups if g.key is not None][:MAX_TREND_THERAPISTS]:

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import hmac
+import math
 import secrets
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
@@ -23,7 +24,7 @@ CSRF_FIELD = "csrf_token"
 class CsrfSigner:
     def __init__(self, secret_key: str | bytes, max_age_s: float):
         self._serializer = URLSafeTimedSerializer(secret_key, salt="hwm-csrf")
-        self.max_age_s = max_age_s
+        self.max_age_s = max(1, math.ceil(max_age_s))
 
     @staticmethod
     def new_nonce() -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 from pwdlib import PasswordHash
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from homework_monitor.store.access import Role, Viewer
 from homework_monitor.stream.schemas import ID_PATTERN
@@ -115,11 +115,10 @@ def load_users_file(path: Path) -> UserDirectory:
             from None
     try:
         parsed = UsersFile.model_validate(data)
-    except Exception as exc:
-        # Field locations and error types only: the input values may be password hashes.
-        errors = getattr(exc, "errors", lambda: [])()
-        where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors[:5])
-        raise UsersFileError(f"users file {path} is invalid: {where or type(exc).__name__}") from None
+    except ValidationError as exc:
+        # Field locations and pydantic's messages only (they never quote the input: it may be a hash).
+        where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
+        raise UsersFileError(f"users file {path} is invalid: {where}") from None
     return UserDirectory(parsed.users)
 
 

@@ -43,6 +43,16 @@ def test_wheel_holds_one_top_level_package_and_the_served_model(wheel):
     assert not [n for n in names if "__pycache__" in n]
 
 
+def test_wheel_ships_the_web_apps_templates_and_static_files(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    web = ROOT / "web"
+    shipped = {p.relative_to(web).as_posix() for p in web.rglob("*")
+               if p.is_file() and p.suffix != ".py" and "__pycache__" not in p.parts}
+    assert {"templates/session.html", "static/session.js", "static/vendor/chart.umd.js",
+            "static/vendor/chart.js.LICENSE.md"} <= shipped
+    assert {f"homework_monitor/web/{p}" for p in shipped} <= names
+
+
 def test_classify_and_summarize_from_an_installed_wheel_in_an_empty_directory(wheel, tmp_path):
     venv = tmp_path / "venv"
     run([sys.executable, "-m", "venv", venv], timeout=120)
