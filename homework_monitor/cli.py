@@ -347,6 +347,25 @@ class LivePrinter:
         self.consumer.close()
 
 
+def wait_for_store(settings: Settings, summaries: int, timeout_s: float):
+    """The store's counts once the sink has written ``summaries`` summaries (or at the timeout)."""
+    import time
+
+    from homework_monitor.store.db import Store
+    from homework_monitor.store.queries import stored_counts
+    store = Store.open(settings, migrate=False)  # the sink migrated it
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with store.session() as db:
+                counts = stored_counts(db)
+            if counts.summaries >= summaries or time.monotonic() > deadline:
+                return counts
+            time.sleep(0.2)
+    finally:
+        store.close()
+
+
 def cmd_demo(a, settings: Settings) -> None:
     import logging
 
@@ -395,6 +414,9 @@ def cmd_demo(a, settings: Settings) -> None:
             hw = sum(1 for s in printer.summaries if s["homework_assigned"])
             print(f"\n{len(printer.events)} homework events, {len(printer.summaries)}/{len(sessions)} summaries "
                   f"({hw} with homework), {printer.dead} dead letters.")
+            stored = wait_for_store(settings, len(printer.summaries), timeout_s=30)
+            print(f"store: {stored.summaries} sessions with summaries, {stored.events} homework events, "
+                  f"{stored.nudges} nudges in {safe_url(store_url(settings))}.")
             if sys.stdin.isatty():  # someone is watching: leave the web app up to look around
                 print(f"The web app stays up at {web_url}/ ({demo_login_hint(settings)}); Ctrl-C stops everything.")
                 threading.Event().wait()

@@ -418,3 +418,21 @@ def record_feedback(db: Session, viewer: Viewer, event_id: str, vote: Vote | Non
     audit(db, viewer.user_id, "feedback", session_id, at=at)
     up, down, mine = _votes(db, [event_id], viewer.user_id)[event_id]
     return FeedbackTally(event_id, up, down, mine)
+
+
+# --- operations --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StoredCounts:
+    """Row counts for operators and the demo (no scope: not for clinicians' views)."""
+    sessions: int
+    summaries: int
+    events: int
+    nudges: int
+
+
+def stored_counts(db: Session) -> StoredCounts:
+    return StoredCounts(
+        sessions=int(db.scalar(select(func.count()).select_from(SessionRow)) or 0),
+        summaries=int(db.scalar(select(func.count(SessionRow.summary_id))) or 0),
+        events=int(db.scalar(select(func.count()).select_from(HomeworkEventRow)) or 0),
+        nudges=int(db.scalar(select(func.count()).select_from(NudgeRow)) or 0))
