@@ -132,8 +132,15 @@ DEMO_USERS: tuple[dict, ...] = (
      "display_name": "Therapist t-08"},
     {"username": "therapist2", "role": "therapist", "therapist_id": "t-02", "program_id": "cbt-mood",
      "display_name": "Therapist t-02"},
+    # The follow-up pairs (a client's two consecutive sessions): their panels show the nudges.
+    {"username": "therapist11", "role": "therapist", "therapist_id": "t-11", "program_id": "cbt-anxiety",
+     "display_name": "Therapist t-11"},
+    {"username": "therapist10", "role": "therapist", "therapist_id": "t-10", "program_id": "cbt-mood",
+     "display_name": "Therapist t-10"},
     {"username": "supervisor", "role": "supervisor", "program_id": "cbt-anxiety",
      "display_name": "Supervisor, CBT anxiety"},
+    {"username": "supervisor-mood", "role": "supervisor", "program_id": "cbt-mood",
+     "display_name": "Supervisor, CBT mood"},
 )
 
 
