@@ -19,6 +19,7 @@ from typing import Literal
 from sqlalchemy import ColumnElement, delete, false, select
 from sqlalchemy.orm import Session
 
+from .ingest import rowcount
 from .models import AuditRow, LoginSessionRow, SessionRow
 
 Role = Literal["therapist", "supervisor"]
@@ -86,13 +87,11 @@ def lookup_login(db: Session, token: str, now: datetime | None = None) -> Viewer
 
 def expire_login(db: Session, token: str) -> bool:
     """Log out: the token stops working at once. True when it existed."""
-    return bool(db.execute(delete(LoginSessionRow).where(LoginSessionRow.token_hash == token_hash(token))
-                           ).rowcount)
+    return rowcount(db.execute(delete(LoginSessionRow).where(LoginSessionRow.token_hash == token_hash(token)))) > 0
 
 
 def purge_expired_logins(db: Session, now: datetime | None = None) -> int:
-    return int(db.execute(delete(LoginSessionRow).where(LoginSessionRow.expires_at <= (now or now_utc()))
-                          ).rowcount)
+    return rowcount(db.execute(delete(LoginSessionRow).where(LoginSessionRow.expires_at <= (now or now_utc()))))
 
 
 # --- audit ----------------------------------------------------------------------------------------

@@ -17,9 +17,9 @@ a session row is locked (``SELECT ... FOR UPDATE`` on PostgreSQL) before it is m
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import CursorResult, delete, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -34,13 +34,24 @@ def utc(epoch_s: float) -> datetime:
     return datetime.fromtimestamp(epoch_s, UTC)
 
 
-def _insert_ignore(db: Session, table, values: dict[str, Any], key: str) -> None:
-    """INSERT ... ON CONFLICT (key) DO NOTHING, in the dialect of the session's database."""
+def upsert_insert(db: Session, table: Any) -> postgresql.Insert | sqlite.Insert:
+    """An INSERT with ON CONFLICT clauses, in the dialect of the session's database."""
     dialect = db.get_bind().dialect.name
-    ins = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}.get(dialect)
-    if ins is None:
-        raise NotImplementedError(f"the store supports SQLite and PostgreSQL, not {dialect}")
-    db.execute(ins(table).values(**values).on_conflict_do_nothing(index_elements=[key]))
+    if dialect == "postgresql":
+        return postgresql.insert(table)
+    if dialect == "sqlite":
+        return sqlite.insert(table)
+    raise NotImplementedError(f"the store supports SQLite and PostgreSQL, not {dialect}")
+
+
+def rowcount(result: Any) -> int:
+    """Rows a DELETE/UPDATE touched (``Session.execute`` is typed as returning a plain Result)."""
+    return int(cast(CursorResult, result).rowcount or 0)
+
+
+def _insert_ignore(db: Session, table: Any, values: dict[str, Any], key: str) -> None:
+    """INSERT ... ON CONFLICT (key) DO NOTHING."""
+    db.execute(upsert_insert(db, table).values(**values).on_conflict_do_nothing(index_elements=[key]))
 
 
 _IDS = ("therapist_id", "client_id", "program_id")

@@ -25,12 +25,12 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy import and_, exists, func, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from homework_monitor.stream.schemas import HOMEWORK_CLASSES
 
 from .access import Viewer, audit, can_view_session, now_utc, scope
+from .ingest import upsert_insert
 from .models import AssignmentRow, FeedbackRow, HomeworkEventRow, NudgeRow, SessionRow
 
 GroupBy = Literal["therapist", "program"]
@@ -411,8 +411,7 @@ def record_feedback(db: Session, viewer: Viewer, event_id: str, vote: Vote | Non
         db.query(FeedbackRow).filter_by(event_id=event_id, user_id=viewer.user_id).delete()
     else:
         value = 1 if vote == "up" else -1
-        ins = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[db.get_bind().dialect.name]
-        stmt = ins(FeedbackRow).values(event_id=event_id, user_id=viewer.user_id, vote=value, at=at)
+        stmt = upsert_insert(db, FeedbackRow).values(event_id=event_id, user_id=viewer.user_id, vote=value, at=at)
         db.execute(stmt.on_conflict_do_update(index_elements=["event_id", "user_id"],
                                               set_={"vote": value, "at": at}))
     audit(db, viewer.user_id, "feedback", session_id, at=at)

@@ -15,6 +15,7 @@ from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
 
 from .access import now_utc
+from .ingest import rowcount
 from .models import AssignmentRow, AuditRow, FeedbackRow, HomeworkEventRow, LoginSessionRow, NudgeRow, SessionRow
 
 
@@ -37,7 +38,7 @@ def purge(db: Session, retention_days: float, now: datetime | None = None) -> Pu
     old_events = select(HomeworkEventRow.event_id).where(HomeworkEventRow.session_id.in_(old)).scalar_subquery()
 
     def count(stmt) -> int:
-        return int(db.execute(stmt).rowcount or 0)
+        return rowcount(db.execute(stmt))
 
     feedback = count(delete(FeedbackRow).where(or_(FeedbackRow.event_id.in_(old_events), FeedbackRow.at < cutoff)))
     events = count(delete(HomeworkEventRow).where(HomeworkEventRow.session_id.in_(old)))

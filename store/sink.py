@@ -33,7 +33,7 @@ from kafka.errors import CommitFailedError
 from kafka.structs import OffsetAndMetadata
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
-from tenacity import RetryError, Retrying, retry_if_exception, stop_any, wait_exponential
+from tenacity import RetryError, Retrying, retry_if_exception, stop_when_event_set, wait_exponential
 
 from homework_monitor.stream.config import Settings
 from homework_monitor.stream.schemas import (
@@ -153,7 +153,7 @@ class StoreSink:
             log.warning("store unavailable (%s), attempt %d: retrying in %.1fs; nothing is committed meanwhile",
                         type(exc).__name__, state.attempt_number, state.next_action.sleep if state.next_action else 0)
         return Retrying(retry=retry_if_exception(is_transient), wait=wait_exponential(multiplier=0.2, max=30),
-                        stop=stop_any(lambda _state: self.stop.is_set()), before_sleep=waiting, sleep=self._sleep,
+                        stop=stop_when_event_set(self.stop), before_sleep=waiting, sleep=self._sleep,
                         reraise=False)
 
     def _sleep(self, seconds: float) -> None:
