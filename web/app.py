@@ -207,9 +207,12 @@ def create_app(settings: Settings, store: Store, users: UserDirectory) -> FastAP
     @app.post("/login")
     async def login(request: Request):
         form = await request.form()
-        check_csrf(request, str(form.get(CSRF_FIELD) or ""))
-        username, password = str(form.get("username") or ""), str(form.get("password") or "")
         next_path = _safe_next(str(form.get("next") or "/"))
+        if not csrf.valid(str(form.get(CSRF_FIELD) or ""), request.cookies.get(CSRF_COOKIE)):
+            # A stale form (opened before a restart, or long ago): a fresh one, the password not checked.
+            return render(request, "login.html", None, status_code=403, next_path=next_path, demo=users.demo,
+                          demo_password=DEMO_PASSWORD, error="The login form had expired: please log in again.")
+        username, password = str(form.get("username") or ""), str(form.get("password") or "")
         viewer = await run_in_threadpool(users.authenticate, username[:64], password[:1024])
         if viewer is None:
             return render(request, "login.html", None, status_code=401, next_path=next_path, demo=users.demo,
