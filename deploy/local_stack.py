@@ -125,6 +125,17 @@ def start_worker(stack: ServiceStack, settings: Settings, log_dir: Path, worker_
     return port
 
 
+def start_sink(stack: ServiceStack, settings: Settings, log_dir: Path, name: str = "sink",
+               extra_env: Mapping[str, str] | None = None) -> None:
+    """Start ``homework-monitor sink`` (topics -> the store) and wait until it owns partitions. The store is
+    ``HWM_STORE_URL`` when set, else ``<run_dir>/store.sqlite3``."""
+    log = log_dir / f"{name}.log"
+    env = {**os.environ, "HWM_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "HWM_APP_ID": settings.app_id,
+           "HWM_RUN_DIR": str(settings.run_dir.resolve()), "PYTHONUNBUFFERED": "1", **(extra_env or {})}
+    stack.add(name, [sys.executable, "-m", "homework_monitor.cli", "sink"], env, log,
+              lambda: wait_for_log(log, "partitions assigned", 60), cwd=_made(settings.run_dir))
+
+
 def restart_triton(stack: ServiceStack, ports: Ports, name: str = "tritonserver") -> None:
     """Start a stopped (or killed) tritonserver again, same command and ports; wait until it is ready."""
     proc = stack[name]

@@ -11,6 +11,8 @@
   pretrain    TSDAE + NSP pretraining (homework_monitor.training.pretrain)
   export-model   build the served artifact from a Table 1 row (homework_monitor.training.export)
   export-schemas JSON Schema of every message into schemas/
+  sink        the store's sink: events, summaries, nudges, session-opened -> the database (docs/STORE.md)
+  store       store maintenance: `store migrate` (schema to the newest revision), `store purge` (retention)
 """
 from __future__ import annotations
 
@@ -257,6 +259,31 @@ def cmd_topics(a, settings: Settings) -> None:
     print(json.dumps({"partitions": all_topics(settings), "configs": topic_configs(settings)}))
 
 
+def cmd_sink(a, settings: Settings) -> int:
+    import logging
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    from homework_monitor.store.sink import run_sink
+    return run_sink(settings)
+
+
+def cmd_store(a, settings: Settings) -> None:
+    from dataclasses import asdict
+
+    from homework_monitor.store.db import Store, current_revision, safe_url, store_url
+    store = Store.open(settings)  # migrates to the newest revision
+    try:
+        if a.action == "migrate":
+            print(json.dumps({"store": safe_url(store_url(settings)), "revision": current_revision(store.engine)}))
+        else:
+            from homework_monitor.store.retention import purge
+            with store.session() as db:
+                result = purge(db, settings.store.retention_days)
+            print(json.dumps(asdict(result), default=str))
+    finally:
+        store.close()
+
+
 def cmd_replay(a, settings: Settings) -> None:
     from homework_monitor.producers.replay import demo_sessions_dir, make_producer, read_sessions, replay, schedule
     sessions = read_sessions(a.input or [demo_sessions_dir()])
@@ -310,12 +337,32 @@ class LivePrinter:
         self.consumer.close()
 
 
+def wait_for_store(settings: Settings, summaries: int, timeout_s: float):
+    """The store's counts once the sink has written ``summaries`` summaries (or at the timeout)."""
+    import time
+
+    from homework_monitor.store.db import Store
+    from homework_monitor.store.queries import stored_counts
+    store = Store.open(settings, migrate=False)  # the sink migrated it
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with store.session() as db:
+                counts = stored_counts(db)
+            if counts.summaries >= summaries or time.monotonic() > deadline:
+                return counts
+            time.sleep(0.2)
+    finally:
+        store.close()
+
+
 def cmd_demo(a, settings: Settings) -> None:
     import logging
 
-    from homework_monitor.deploy.local_stack import Ports, start_broker, start_triton, start_worker
+    from homework_monitor.deploy.local_stack import Ports, start_broker, start_sink, start_triton, start_worker
     from homework_monitor.deploy.services import ServiceStack
     from homework_monitor.producers.replay import demo_sessions_dir, make_producer, read_sessions, replay, schedule
+    from homework_monitor.store.db import safe_url, store_url
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("homework_monitor.deploy").setLevel(logging.INFO)
     logging.getLogger("kafka").setLevel(logging.CRITICAL)  # its reconnect chatter at shutdown
@@ -335,6 +382,8 @@ def cmd_demo(a, settings: Settings) -> None:
             print(f"  tritonserver     grpc {settings.triton_url}, metrics http://127.0.0.1:{ports.triton_metrics}/metrics")
             start_worker(stack, settings, log_dir, "worker-1", ports.worker_metrics)
             print(f"  faust worker     metrics http://127.0.0.1:{ports.worker_metrics}/metrics")
+            start_sink(stack, settings, log_dir)
+            print(f"  store sink       {safe_url(store_url(settings))}")
             printer = LivePrinter(settings, len(sessions))
             th = threading.Thread(target=printer.run, daemon=True)
             th.start()
@@ -345,7 +394,10 @@ def cmd_demo(a, settings: Settings) -> None:
             th.join(5)
             hw = sum(1 for s in printer.summaries if s["homework_assigned"])
             print(f"\n{len(printer.events)} homework events, {len(printer.summaries)}/{len(sessions)} summaries "
-                  f"({hw} with homework), {printer.dead} dead letters. Stopping services.")
+                  f"({hw} with homework), {printer.dead} dead letters.")
+            stored = wait_for_store(settings, len(printer.summaries), timeout_s=30)
+            print(f"store: {stored.summaries} sessions with summaries, {stored.events} homework events, "
+                  f"{stored.nudges} nudges in {safe_url(store_url(settings))}. Stopping services.")
         except KeyboardInterrupt:
             print("\ninterrupted: stopping services")
         finally:
@@ -382,6 +434,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     sub.add_parser("worker", help="run the Faust worker").set_defaults(func=cmd_worker)
+    sub.add_parser("sink", help="store events, summaries and nudges in the database").set_defaults(func=cmd_sink)
+    st = sub.add_parser("store", help="store maintenance (docs/STORE.md)")
+    st.add_argument("action", choices=["migrate", "purge"],
+                    help="migrate: schema to the newest revision; purge: delete what is past retention")
+    st.set_defaults(func=cmd_store)
     sub.add_parser("topics", help="create topics").set_defaults(func=cmd_topics)
 
     r = sub.add_parser("replay", help="replay sessions into Kafka")

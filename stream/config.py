@@ -46,6 +46,10 @@ class StoreSettings(BaseSettings):
     url: SecretStr | None = None
     # Events, summaries, nudges, feedback and audit records older than this are deleted.
     retention_days: float = Field(365.0, gt=0)
+    # How often the sink runs the retention purge (also at its start); `homework-monitor store purge` runs it once.
+    purge_interval_hours: float = Field(1.0, gt=0)
+    # The sink's Kafka consumer group; None: "<HWM_APP_ID>-store-sink".
+    sink_group: str | None = None
 
 
 class WebSettings(BaseSettings):

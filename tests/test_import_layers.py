@@ -50,6 +50,8 @@ def test_layers_hold(tmp_path):
     ("model.py", "from homework_monitor.training import data as _data  # noqa\n", "Layers"),
     # contract -> core
     ("contract.py", "from homework_monitor.stream import schemas as _s  # noqa\n", "Layers"),
+    # store -> an adapter above it (the local stack)
+    ("store/queries.py", "from homework_monitor.deploy import broker as _broker  # noqa\n", "Layers"),
     # core -> a Kafka client library
     ("stream/aggregation.py", "import kafka as _kafka  # noqa\n", "adapter libraries"),
 ])
@@ -74,7 +76,7 @@ def test_types_check_on_the_wheel_layout(tmp_path):
     tree = wheel_layout(tmp_path)
     pkg = tree / "homework_monitor"
     targets = [pkg / "contract.py", pkg / "model.py", pkg / "cli.py", pkg / "stream", pkg / "producers",
-               pkg / "deploy"]
+               pkg / "deploy", pkg / "store"]
     exe = Path(sys.executable).with_name("mypy")
     res = subprocess.run([str(exe), "--config-file", str(PYPROJECT), "--cache-dir", str(tmp_path / ".mypy"),
                           *map(str, targets)], cwd=tree, capture_output=True, text=True, timeout=600)

@@ -30,6 +30,10 @@ def test_demo_runs_every_session_to_its_summary_and_stops_cleanly(tmp_path):
     assert m, proc.stdout[-2000:]
     events, got, want, with_hw, dead = map(int, m.groups())
     assert got == want == 10 and with_hw == 8 and dead == 0 and events >= 16
+    stored = re.search(r"store: (\d+) sessions with summaries, (\d+) homework events", proc.stdout)
+    # the printer stops at the last summary, possibly before it has read every event: the store has them all
+    assert stored and int(stored.group(1)) == 10 and int(stored.group(2)) >= events, proc.stdout[-2000:]
+    assert (tmp_path / "demo" / "store.sqlite3").exists() and (tmp_path / "demo" / "logs" / "sink.log").exists()
     for name in ("tansu.log", "tritonserver.log", "worker-1.log"):
         assert (tmp_path / "demo" / "logs" / name).exists()
     assert "stopped tansu" in proc.stderr

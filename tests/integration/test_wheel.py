@@ -41,6 +41,22 @@ def test_wheel_holds_one_top_level_package_and_the_served_model(wheel):
     for sample in ("therapist", "client", "context"):  # model_warmup's inputs: Triton cannot load without them
         assert f"homework_monitor/triton_models/homework_classifier/warmup/{sample}" in names
     assert not [n for n in names if "__pycache__" in n]
+    for part in ("env.py", "script.py.mako", "versions/0001_initial.py"):  # the store migrates from a wheel
+        assert f"homework_monitor/store/migrations/{part}" in names
+
+
+def test_the_store_migrates_from_an_installed_wheel(wheel, tmp_path):
+    """The Alembic chain ships in the package: `homework-monitor store migrate` works from an installed
+    wheel with only its `store` extra, in an empty directory."""
+    venv = tmp_path / "venv"
+    run([sys.executable, "-m", "venv", venv], timeout=120)
+    run([venv / "bin" / "python", "-m", "pip", "install", "-q", f"{wheel}[store]"], timeout=900)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HWM_", "PYTHONPATH"))}
+    res = run([venv / "bin" / "homework-monitor", "store", "migrate"], cwd=empty, env=env, timeout=300)
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["revision"] == "0001" and (empty / "var" / "store.sqlite3").exists()
 
 
 def test_classify_and_summarize_from_an_installed_wheel_in_an_empty_directory(wheel, tmp_path):
