@@ -18,6 +18,7 @@ from sqlalchemy import select
 
 from homework_monitor.deploy.local_stack import start_web
 from homework_monitor.deploy.services import ServiceStack
+from homework_monitor.store.access import audit_entries
 from homework_monitor.store.db import Store
 from homework_monitor.store.ingest import apply
 from homework_monitor.store.models import FeedbackRow
@@ -117,6 +118,12 @@ def test_therapist_panel_updates_live_takes_feedback_and_copies_the_note(web):
         page.wait_for_selector("#copy-status:has-text('Copied.')")
         assert page.evaluate("navigator.clipboard.readText()") == note
         screenshot(page, "therapist-panel-ended")
+        # One page view, one stream: the stream closed at the summary and did not reconnect (each
+        # reconnection would be another audited view).
+        time.sleep(4)
+        with web.store.session() as db:
+            actions = [e.action for e in audit_entries(db, session_id=sid, user_id="therapist1")]
+        assert sorted(actions) == ["feedback", "view_session_page", "view_session_stream"]
         assert errors.errors == []
 
 

@@ -120,13 +120,17 @@
   }
   setInterval(tickElapsed, 1000);
 
+  // An ended session's page is complete as served: no stream (each stream opened is an audited view).
+  if (ended) return;
   const stream = new EventSource(base + "/stream");
   stream.addEventListener("detection", (e) => addDetection(JSON.parse(e.data)));
   stream.addEventListener("nudge", (e) => addNudge(JSON.parse(e.data)));
-  stream.addEventListener("summary", (e) => showSummary(JSON.parse(e.data)));
+  // The summary is the stream's last message: close it, or EventSource would reconnect.
+  stream.addEventListener("summary", (e) => { stream.close(); showSummary(JSON.parse(e.data)); });
   stream.addEventListener("logged_out", () => { stream.close(); window.location = "/login"; });
   stream.addEventListener("error", () => {
-    // EventSource reconnects by itself; a stream refused with 401 (logged out, expired) is closed.
+    // EventSource reconnects by itself after a dropped connection; one refused (401 after a logout or
+    // expiry, 404) is closed for good: reloading shows the login form or the not-found page.
     if (stream.readyState === EventSource.CLOSED) window.location.reload();
   });
   root.dataset.stream = "open";
