@@ -40,7 +40,7 @@ _FOLLOW_THROUGH = [re.compile(p, re.IGNORECASE) for p in (
     r"\b(?:have|had) you (?:been able|managed|tried|done|kept|used|started|had (?:a|the) chance|had an"
     r" opportunity|gotten|got|been (?:doing|keeping|using|practi[cs]ing|trying|tracking|writing|filling))\b",
     r"\bany luck with\b",
-    r"\bwhat (?:has|'s|’s) been different since\b",
+    r"\bwhat(?: has|'s|’s) been different since\b",
     r"\bwhat (?:happened|came up) when you (?:tried|did|used|practi[cs]ed|called|went)\b",
     r"\b(?:tell|walk) me (?:about|through) (?:how|what happened|the|your)\b[^.?!]{0,40}?"
     r"\b(?:went|go|log|diary|journal|record|sheet|worksheet|plan|practice|exercise)\b",
