@@ -31,17 +31,21 @@ MAX_REVIEWS = 20
 # 1. Asks about follow-through. Word windows are bounded ({0,60} characters) so a question mark far away
 # in a long turn does not tie two unrelated clauses together.
 _FOLLOW_THROUGH = [re.compile(p, re.IGNORECASE) for p in (
-    r"\bhow(?:'d|’d| did| does| do| has| have| was| were| is|'s|’s)\b[^.?!]{0,60}?"
-    r"\b(?:go|goes|going|gone|went|working|work(?:ed)? out|turn(?:ed)? out|com(?:e|ing) along)\b",
-    r"\bdid you (?:get a chance|have a chance|get (?:a|the) (?:time|opportunity)|get (?:to|around)|manage"
-    r"|end up|try|do|use|practi[cs]e|keep|fill|write|complete|finish|make|call|read|go|start|talk|speak"
-    r"|look|notice|track|record|bring|find)\b",
+    r"\bhow(?:'d|’d| did| does| do| has| have| was| were| is|'s|’s| are|'re|’re)\b[^.?!]{0,60}?"
+    r"\b(?:go|goes|going|gone|went|working|work(?:ed)? out|turn(?:ed)? out|com(?:e|ing) along"
+    r"|doing with|getting on with)\b",
+    # "did you" + a verb of carrying a task out (not "did you start / make / notice": any past question)
+    r"\bdid you (?:get a chance|have a chance|get (?:a|the) (?:chance|time|opportunity)|get (?:to|around to)"
+    r"|manage|end up|try|do|use|practi[cs]e|keep|fill|write|complete|finish|call|read|track|record|bring"
+    r"|go ahead|follow through|stick)\b",
     r"\b(?:were|was) you able to\b",
-    r"\b(?:have|had) you (?:been able|managed|tried|done|kept|used|started|had (?:a|the) chance|had an"
-    r" opportunity|gotten|got|been (?:doing|keeping|using|practi[cs]ing|trying|tracking|writing|filling))\b",
+    r"\b(?:have|had) you (?:been able|managed|tried|done|kept|used|had (?:a|the) chance|had an"
+    r" opportunity|gotten around|got around|been (?:doing|keeping|using|practi[cs]ing|trying|tracking|writing"
+    r"|filling))\b",
     r"\bany luck with\b",
     r"\bwhat(?: has|'s|’s) been different since\b",
     r"\bwhat (?:happened|came up) when you (?:tried|did|used|practi[cs]ed|called|went)\b",
+    r"\b(?:want(?:ed)? to|like to|let me|let's|just) (?:check in|follow up) (?:on|about|with you)\b",
     r"\b(?:tell|walk) me (?:about|through) (?:how|what happened|the|your)\b[^.?!]{0,40}?"
     r"\b(?:went|go|log|diary|journal|record|sheet|worksheet|plan|practice|exercise)\b",
 )]
@@ -49,7 +53,7 @@ _FOLLOW_THROUGH = [re.compile(p, re.IGNORECASE) for p in (
 # 2a. Refers back to an earlier session or to homework as such.
 _REFERS_BACK = re.compile(
     r"\b(?:last (?:time|week|session|visit|appointment)|since (?:we|I) (?:last )?(?:met|talked|spoke|saw)"
-    r"|since (?:our )?last|where we left|(?:this|the) past (?:week|few days|couple of weeks)"
+    r"|since (?:our |the )?last|(?:our|the) last (?:conversation|meeting|appointment)|where we left|(?:this|the) past (?:week|few days|couple of weeks)"
     r"|over the (?:past )?(?:week|weekend)|homework|assignment|you (?:were going|agreed|said you would"
     r"|said you'd|planned|decided) to|we (?:talked about|discussed|agreed|planned|decided)"
     r"|you (?:were|have been|'ve been) (?:keeping|doing|tracking|practi[cs]ing|working on))\b",
@@ -68,6 +72,8 @@ time times today together tonight very want wanna week weeks well were what what
 whether which while will with would your yours yourself yourselves yeah okay alright going something
 said says tell told talk talked talking feel feeling felt good great last first coming come came
 give take took making want wanted next thank thanks mean means back could day days
+start started starting stop stopped help helped helps work works worked tried trying decide decided
+decision notice noticed change changed people person life lot lots better worse okay
 """.split())
 
 
@@ -91,9 +97,14 @@ def asks_about_follow_through(text: str) -> bool:
     return any(p.search(text) for p in _FOLLOW_THROUGH)
 
 
+def refers_back(text: str) -> bool:
+    """Refers back to an earlier session or to homework as such ("last time", "this past week")."""
+    return _REFERS_BACK.search(text) is not None
+
+
 def refers_to_homework(text: str, previous: Sequence[Assignment]) -> bool:
     """Refers back to an earlier session, or shares a content word with a previous assignment."""
-    if _REFERS_BACK.search(text):
+    if refers_back(text):
         return True
     assigned: set[str] = set()
     for a in previous:
