@@ -6,7 +6,7 @@ replayed message never fires one twice, and ``nudge_id = stable_id("nudge", sess
 re-sent nudge (a crash between sending and storing) the same id.
 
 - ``review_previous``: at session start, when the client's previous session had homework; carries its
-  categories and quotes.
+  categories and quotes (also when the first batch of the session already reviewed it).
 - ``not_yet_reviewed``: that homework exists and no turn reviewed it within the first M minutes
   (``HWM_NUDGE_REVIEW_WITHIN_MIN``).
 - ``no_homework_yet``: no homework detected by N minutes before the scheduled end
@@ -79,29 +79,42 @@ def due_rules(state: SessionState, now: float, cfg: NudgeConfig) -> list[NudgeRu
         return []
     t = session_time_s(state, now)
     due: list[NudgeRule] = []
-    if state.previous_homework and not state.reviews:
+    if state.previous_homework:
         due.append("review_previous")
-        if t is not None and t >= 60.0 * cfg.review_within_min:
+        if not state.reviews and t is not None and t >= 60.0 * cfg.review_within_min:
             due.append("not_yet_reviewed")
     if not state.assignments and t is not None and t >= no_homework_due_s(state, cfg):
         due.append("no_homework_yet")
     return [r for r in due if r in cfg.rules and r not in state.nudges_fired]
 
 
-def fire(state: SessionState, now: float, cfg: NudgeConfig) -> tuple[SessionState, list[Nudge]]:
-    """Fire the due rules: the nudges, and the state that remembers them."""
+def fire(state: SessionState, now: float, cfg: NudgeConfig,
+         emitted_at: float | None = None) -> tuple[SessionState, list[Nudge]]:
+    """Fire the rules due at ``now``: the nudges (sent at ``emitted_at``, default ``now``), and the state
+    that remembers them."""
     rules = due_rules(state, now, cfg)
     if not rules:
         return state, []
     t = session_time_s(state, now)
+    emitted_at = now if emitted_at is None else emitted_at
     nudges = [Nudge(nudge_id=stable_id("nudge", state.session_id, rule), session_id=state.session_id,
                     therapist_id=state.therapist_id, client_id=state.client_id, program_id=state.program_id,
                     rule=rule, message=MESSAGES[rule], session_time_s=None if t is None else round(t, 3),
                     previous_session_id=state.previous_session_id if rule != "no_homework_yet" else None,
                     previous_assignments=list(state.previous_homework) if rule != "no_homework_yet" else [],
-                    emitted_at=now)
+                    emitted_at=emitted_at)
               for rule in rules]
     return replace(state, nudges_fired=state.nudges_fired + tuple(rules)), nudges
+
+
+def fire_before_end(state: SessionState, cfg: NudgeConfig, emitted_at: float) -> tuple[SessionState, list[Nudge]]:
+    """A session that ended in the batch being processed: the rules that were due on its own clock before
+    it ended (its last utterance's offset, or its end's), as a worker that kept up would have fired them.
+    A worker behind its input (or a fast replay) gets the end in the same batch as the utterance that made
+    a rule due; nothing is lost, the nudge arrives late."""
+    at = state.last_activity_at if state.last_activity_at is not None else emitted_at
+    fired, nudges = fire(replace(state, ended=False), at, cfg, emitted_at)
+    return replace(fired, ended=state.ended), nudges
 
 
 def check_due(state: SessionState, now: float, cfg: NudgeConfig) -> bool:

@@ -27,7 +27,7 @@ from .aggregation import decide, homework_event, record_assignment, session_open
 from .config import Settings
 from .consent import consent_verdict, declined_marker
 from .followup import ClientHistory, needs_previous, with_previous
-from .nudges import NudgeConfig, check_due, fire
+from .nudges import NudgeConfig, check_due, fire, fire_before_end
 from .review import record_reviews
 from .schemas import CLASSES, DeadLetter, HomeworkEvent, Nudge, SessionOpened, SessionSummary
 from .validation import Err, Rejected, dead_letter, parse_inbound
@@ -150,7 +150,10 @@ async def process_batch(records: Sequence[InboundRecord], load_state: Callable[[
     now = clock()
     nudge_cfg = NudgeConfig.from_settings(settings)
     for sid, state in list(out.states.items()):
-        state, nudges = fire(state, now, nudge_cfg)  # nothing for ended or declined sessions
+        if sid in ended:  # what was due on the session's clock before its end (a worker behind its input)
+            state, nudges = fire_before_end(state, nudge_cfg, now)
+        else:
+            state, nudges = fire(state, now, nudge_cfg)  # nothing for earlier ended or declined sessions
         out.states[sid] = state
         out.nudges.extend(nudges)
     for sid in ended:

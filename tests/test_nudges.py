@@ -178,3 +178,25 @@ async def test_homework_detected_in_the_same_batch_prevents_the_nudge(
         s.client("I will.", start_s=320.0), s.therapist("Good.", start_s=325.0)),
         {}.get, fake_classifier, nudge_settings, clock)
     assert [e.turn for e in result.events] == [0] and result.nudges == []
+
+
+async def test_a_session_that_ends_in_the_batch_of_its_due_utterance_still_gets_the_nudge(
+        nudge_settings, fake_classifier, clock, utterance_factory, record_factory):
+    """A worker behind its input reads the end with the utterance that made the rule due: the nudge is
+    judged on the session's own clock before the end, so it is not lost (it arrives late)."""
+    s = utterance_factory("late", scheduled_minutes=10)
+    result = await process_batch(record_factory(
+        s.start(), s.therapist("How was the week?", start_s=280.0), s.client("Fine.", start_s=301.0), s.end()),
+        {}.get, fake_classifier, nudge_settings, clock)
+    assert [n.rule for n in result.nudges] == ["no_homework_yet"] and result.summaries
+    assert result.nudges[0].session_time_s == pytest.approx(301.0)
+
+
+async def test_a_session_that_ended_before_the_due_time_gets_no_nudge(
+        nudge_settings, fake_classifier, clock, utterance_factory, record_factory):
+    s = utterance_factory("short", scheduled_minutes=10)
+    clock.advance(1000)  # however late the worker reads it: the session's clock ended at 4:50
+    result = await process_batch(record_factory(
+        s.start(), s.therapist("How was the week?", start_s=280.0), s.client("Fine.", start_s=290.0), s.end()),
+        {}.get, fake_classifier, nudge_settings, clock)
+    assert result.nudges == [] and result.summaries

@@ -85,7 +85,7 @@ def run(live_stack):
     consume(s, [t.session_summaries], timeout_s=60,
             until=lambda r: {"it-first", "it-2a"} <= {x["session_id"] for x in r[t.session_summaries]})
     time.sleep(2.0)  # the summaries reach the client history table (two hops, well under a second)
-    # the second sessions: their start in a batch of its own (a session that ends in its batch is not nudged)
+    # the second sessions, started as a live session starts: the first message, then the conversation
     send("it-second", start("it-second"), pause_s=1.0)
     send("it-2b", start("it-2b"), pause_s=1.0)
     send("it-second", *utterances("it-second"), pause_s=0.2)
