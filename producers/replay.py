@@ -22,8 +22,8 @@ WORDS_PER_S = 150 / 60
 TURN_GAP_S = 1.0
 # Wall seconds between the end of a client's session and the start of their next one: time for the
 # earlier summary to reach the client history table the next session looks up (well under a second when
-# the worker keeps up; the margin covers a worker behind a fast replay).
-FOLLOW_UP_GAP_S = 5.0
+# the worker keeps up; the margin covers a worker seconds behind a fast replay on a small machine).
+FOLLOW_UP_GAP_S = 15.0
 
 
 def read_sessions(paths: Iterable[Path]) -> list[dict]:

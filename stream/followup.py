@@ -5,9 +5,9 @@ assigned in it, newest last. The worker keeps it in a Faust GlobalTable fed from
 (stream/app.py, docs/NUDGES.md); ``homework-monitor summarize`` keeps it in a dict, processing sessions in
 file order. Both use these functions, so the offline and live summaries agree.
 
-A session looks its client up once, when its client becomes known (``with_previous``), and keeps what it
-found in its own state: later changes to the history (its own summary among them, on a replay) do not
-change it. A session is recorded in the history from its summary (``record_session``).
+A session looks its client up when its client becomes known, and again with each message until its first
+exchange is complete (``with_previous``); what it found stays in its own state: later changes to the
+history (its own summary among them, on a replay) do not change it. A session is recorded in the history from its summary (``record_session``).
 """
 from __future__ import annotations
 
@@ -67,17 +67,21 @@ def previous_session(history: ClientHistory | None, session_id: str) -> PastSess
 
 
 def needs_previous(state: SessionState) -> bool:
-    """The session knows its client and has not looked up the client's previous session yet."""
+    """The session knows its client and has not settled the client's previous session yet."""
     return not state.previous_checked and state.client_id is not None and state.consent is not False
 
 
 def with_previous(state: SessionState, history: ClientHistory | None) -> SessionState:
-    """Record the client's previous session (and its homework) in the session's state, once."""
+    """Record the client's previous session (and its homework) in the session's state.
+
+    Settled once found, or once the session's first exchange (microdialogue) is complete: until then
+    each message looks again, so a previous summary still on its way (a worker behind its input) is not
+    missed, and every turn of the session is read for reviews."""
     if not needs_previous(state):
         return state
     prev = previous_session(history, state.session_id)
     if prev is None:
-        return replace(state, previous_checked=True)
+        return replace(state, previous_checked=True) if state.n_microdialogues > 0 else state
     return replace(state, previous_checked=True, previous_session_id=prev.session_id,
                    previous_homework=tuple(prev.assignments))
 

@@ -2,6 +2,8 @@
 summary's follow-up fields live (process_batch) and offline (summarize_all), and that both agree."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -52,8 +54,13 @@ def test_a_session_looks_its_client_up_once():
     assert (s.previous_checked, s.previous_session_id, s.previous_homework) == (True, "s1", (JOURNAL,))
     later = record_session(h, summary_of("s9"))
     assert with_previous(s, later) == s  # later history does not change what the session found
+    # nothing yet: looked up again with the next messages, until the first exchange is complete
     first = with_previous(SessionState(session_id="s1", client_id="c-2"), None)
-    assert first.previous_checked and first.previous_session_id is None
+    assert not first.previous_checked
+    settled = with_previous(replace(first, n_microdialogues=1), None)
+    assert settled.previous_checked and settled.previous_session_id is None
+    late = with_previous(first, record_session(None, summary_of("s0", client="c-2")))
+    assert late.previous_session_id == "s0"  # a summary that arrived after the session's first message
     assert with_previous(SessionState(session_id="x"), h) == SessionState(session_id="x")  # no client yet
 
 
@@ -116,7 +123,8 @@ async def test_a_clients_second_session_gets_the_first_ones_homework(live, utter
     assert [n.rule for n in opening.nudges] == ["review_previous"]  # at session start, with the homework
     assert opening.nudges[0].previous_assignments == list(summary.previous_homework)
     assert two.nudges == []  # once
-    assert live.histories.lookups == ["c-1", "c-1"]  # once per session
+    # the first session looks until its first exchange is complete; the second finds it at its start
+    assert live.histories.lookups[-1:] == ["c-1"] and len(live.histories.lookups) == 4 + 1
 
 
 async def test_sessions_of_other_clients_or_without_one_find_nothing(live, utterance_factory):
