@@ -108,14 +108,28 @@ def _therapist_turns(session: dict) -> list[int]:
 def _model_reviews(pairs: list[tuple[dict, dict]], settings: Settings) -> tuple[dict, dict]:
     """Each (previous, session) through the offline path as one client's two sessions: the served model
     finds the previous homework, the follow-up code carries it over, the rule reads the session."""
-    from homework_monitor.cli import summarize_corpus_sessions
+    import asyncio
+
     from homework_monitor.stream.classifiers import InProcessClassifier
+    from homework_monitor.stream.offline import summarize_all, windowed_sessions
+
     classifier = InProcessClassifier(settings.artifact_dir)
-    found, previous_found = {}, {}
+    windowed = []
     for prev, session in pairs:
         client = {"client_id": f"pair-{session['session_id']}"}
-        batch = [{**prev, "meta": client}, {**session, "meta": client}]
-        first, second = summarize_corpus_sessions(batch, classifier, settings.event_threshold, settings)
+        windowed.append(list(windowed_sessions([{**prev, "meta": client}, {**session, "meta": client}],
+                                               window_config(settings))))
+
+    async def classify_all():
+        await classifier.start()
+        try:
+            return [await classifier.classify([md.example() for _, mds in w for md in mds]) for w in windowed]
+        finally:
+            await classifier.close()
+
+    found, previous_found = {}, {}
+    for (_, session), w, probs in zip(pairs, windowed, asyncio.run(classify_all())):
+        first, second = summarize_all(w, probs, settings.event_threshold, classifier.model_version)
         found[session["session_id"]] = {r.turn for r in second.reviews}
         previous_found[session["session_id"]] = [a.turn for a in first.assignments]
     return found, previous_found
