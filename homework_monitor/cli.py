@@ -187,10 +187,12 @@ def cmd_classify(a, settings: Settings) -> int:
     return rejects.finish(a.output)
 
 
-def summarize_windowed_sessions(windowed: list, classifier, threshold: float, progress: bool = False):
+def summarize_windowed_sessions(windowed: list, classifier, threshold: float, progress: bool = False,
+                                default_scheduled_minutes: int | None = None):
     from homework_monitor.stream.offline import summarize_all
     probs = probs_for(classifier, [m.example() for _, mds in windowed for m in mds], progress=progress)
-    return summarize_all(windowed, probs, threshold, classifier.model_version)
+    return summarize_all(windowed, probs, threshold, classifier.model_version,
+                         default_scheduled_minutes=default_scheduled_minutes)
 
 
 def summarize_corpus_sessions(sessions: list[dict], classifier, threshold: float,
@@ -198,8 +200,10 @@ def summarize_corpus_sessions(sessions: list[dict], classifier, threshold: float
     """Summaries of trusted corpus sessions (dicts), as the worker would give them."""
     from homework_monitor.stream.offline import windowed_sessions
     from homework_monitor.stream.processor import window_config
-    windowed = list(windowed_sessions(sessions, window_config(settings or Settings())))
-    return summarize_windowed_sessions(windowed, classifier, threshold)
+    settings = settings or Settings()
+    windowed = list(windowed_sessions(sessions, window_config(settings)))
+    return summarize_windowed_sessions(windowed, classifier, threshold,
+                                       default_scheduled_minutes=settings.default_scheduled_minutes)
 
 
 def cmd_summarize(a, settings: Settings) -> int:
@@ -207,11 +211,10 @@ def cmd_summarize(a, settings: Settings) -> int:
     windowed = window_checked_sessions(read_sessions_checked(a.input, settings, rejects), settings)
     threshold = a.threshold if a.threshold is not None else settings.event_threshold
     summaries = summarize_windowed_sessions(windowed, make_classifier(settings, a.triton_url, a.artifact),
-                                            threshold, progress=True)
-    rows = [{"session_id": s.session_id, "homework_assigned": s.homework_assigned, "categories": s.categories,
-             "assignments": [{"turn": x.turn, "category": x.category, "confidence": x.confidence,
-                              "start_s": x.start_s, "quote": x.quote} for x in s.assignments]}
-            for s in summaries]
+                                            threshold, progress=True,
+                                            default_scheduled_minutes=settings.default_scheduled_minutes)
+    # The live summary's fields (SessionSummary), follow-up included: sessions in file order.
+    rows = [s.model_dump() for s in summaries]
     _write_jsonl(a.output, rows)
     print(f"summarized {len(rows)} sessions -> {a.output}", file=sys.stderr)
     if a.truth:
@@ -305,12 +308,12 @@ def cmd_replay(a, settings: Settings) -> None:
 
 
 class LivePrinter:
-    """Prints homework events and session summaries as they arrive (the demo's terminal view)."""
+    """Prints homework events, nudges and session summaries as they arrive (the demo's terminal view)."""
 
     def __init__(self, settings: Settings, expect_summaries: int):
         from kafka import KafkaConsumer
         t = settings.topics
-        self.consumer = KafkaConsumer(t.homework_events, t.session_summaries, t.dead_letter,
+        self.consumer = KafkaConsumer(t.homework_events, t.session_summaries, t.nudges, t.dead_letter,
                                       auto_offset_reset="earliest", group_id=None,
                                       consumer_timeout_ms=500,
                                       fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms,
@@ -318,6 +321,7 @@ class LivePrinter:
         self.t, self.expect = t, expect_summaries
         self.summaries: list[dict] = []
         self.events: list[dict] = []
+        self.nudges: list[dict] = []
         self.dead = 0
         self.done = threading.Event()
         self.stop = threading.Event()
@@ -335,9 +339,16 @@ class LivePrinter:
                 elif msg.topic == self.t.session_summaries:
                     self.summaries.append(d)
                     cats = ", ".join(d["categories"]) or "none"
+                    reviewed = d.get("previous_homework_reviewed")
+                    follow_up = "" if reviewed is None else \
+                        f"; last session's homework {'reviewed' if reviewed else 'NOT reviewed'}"
                     print(f"\033[1;34m■ SUMMARY\033[0m  {d['session_id']:<26} homework={d['homework_assigned']!s:<5} "
                           f"categories: {cats}; {d['n_utterances']} utterances, "
-                          f"{d['n_microdialogues']} microdialogues", flush=True)
+                          f"{d['n_microdialogues']} microdialogues{follow_up}", flush=True)
+                elif msg.topic == self.t.nudges:
+                    self.nudges.append(d)
+                    print(f"\033[1;33m▲ NUDGE\033[0m    {d['session_id']:<26} {d['rule']:<17} "
+                          f"{_clock(d['session_time_s'])} {d['message']}{_previous(d)}", flush=True)
                 else:
                     self.dead += 1
                     print(f"\033[1;31m✖ DEAD-LETTER\033[0m reason={d['reason']}", flush=True)
@@ -364,6 +375,19 @@ def wait_for_store(settings: Settings, summaries: int, timeout_s: float):
             time.sleep(0.2)
     finally:
         store.close()
+
+
+def _clock(seconds: float | None) -> str:
+    if seconds is None:
+        return "  --:--"
+    m, sec = divmod(int(seconds), 60)
+    return f"{m:>3d}:{sec:02d}"
+
+
+def _previous(nudge: dict) -> str:
+    """The previous session's homework categories (the quotes stay in the session views)."""
+    cats = sorted({a["category"] for a in nudge.get("previous_assignments") or []})
+    return f" (last time: {', '.join(cats)})" if cats else ""
 
 
 def cmd_demo(a, settings: Settings) -> None:
@@ -412,8 +436,11 @@ def cmd_demo(a, settings: Settings) -> None:
             printer.stop.set()
             th.join(5)
             hw = sum(1 for s in printer.summaries if s["homework_assigned"])
+            rules = Counter(n["rule"] for n in printer.nudges)
             print(f"\n{len(printer.events)} homework events, {len(printer.summaries)}/{len(sessions)} summaries "
-                  f"({hw} with homework), {printer.dead} dead letters.")
+                  f"({hw} with homework), {len(printer.nudges)} nudges "
+                  f"({', '.join(f'{k}: {v}' for k, v in sorted(rules.items())) or 'none'}), "
+                  f"{printer.dead} dead letters.")
             stored = wait_for_store(settings, len(printer.summaries), timeout_s=30)
             print(f"store: {stored.summaries} sessions with summaries, {stored.events} homework events, "
                   f"{stored.nudges} nudges in {safe_url(store_url(settings))}.")

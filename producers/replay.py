@@ -3,6 +3,9 @@
 Pace: real time from ``start_s`` where present; otherwise synthetic (150 words/min plus a 1 s gap per
 turn, as ../shared/data/README.md suggests); both divided by ``speed``. N sessions run at once with
 staggered starts. Each session: ``session_start``, its utterances (seq = index), ``session_end``.
+A client is in one session at a time: a session whose ``meta.client_id`` had an earlier session in the
+input starts ``FOLLOW_UP_GAP_S`` after that one ended, so the earlier one is the later one's previous
+session (docs/NUDGES.md).
 """
 from __future__ import annotations
 
@@ -17,6 +20,10 @@ from homework_monitor.stream.schemas import SessionEnd, SessionStart
 
 WORDS_PER_S = 150 / 60
 TURN_GAP_S = 1.0
+# Wall seconds between the end of a client's session and the start of their next one: time for the
+# earlier summary to reach the client history table the next session looks up (well under a second when
+# the worker keeps up; the margin covers a worker seconds behind a fast replay on a small machine).
+FOLLOW_UP_GAP_S = 15.0
 
 
 def read_sessions(paths: Iterable[Path]) -> list[dict]:
@@ -81,9 +88,17 @@ def schedule(sessions: Sequence[dict], speed: float, stagger_s: float, copies: i
     msgs = []
     n = 0
     for c in range(copies):
+        client_free_at: dict[str, float] = {}  # when each client's latest session (of this copy) ends
         for s in sessions:
             sid = s["session_id"] if copies == 1 else f"{s['session_id']}#{c}"
-            msgs += session_messages(s, n * stagger_s, speed, sid)
+            client = (s.get("meta") or {}).get("client_id")
+            start = n * stagger_s
+            if client in client_free_at:
+                start = max(start, client_free_at[client] + FOLLOW_UP_GAP_S)
+            session = session_messages(s, start, speed, sid)
+            if client is not None:
+                client_free_at[client] = session[-1].at
+            msgs += session
             n += 1
     return sorted(msgs, key=lambda m: m.at)
 

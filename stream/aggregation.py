@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from .schemas import NONE, Assignment, HomeworkEvent, SessionSummary, stable_id
+from .schemas import NONE, Assignment, HomeworkEvent, SessionOpened, SessionSummary, stable_id
 from .windowing import Microdialogue, SessionState
 
 QUOTE_CHARS = 400
@@ -38,7 +38,7 @@ def homework_event(state: SessionState, md: Microdialogue, scores: Mapping[str, 
     return HomeworkEvent(
         event_id=stable_id("event", md.session_id, md.turn, model_version),
         session_id=md.session_id, therapist_id=state.therapist_id, program_id=state.program_id,
-        turn=md.turn, category=decision.category, confidence=round(decision.confidence, 6),
+        client_id=state.client_id, turn=md.turn, category=decision.category, confidence=round(decision.confidence, 6),
         scores={k: round(float(v), 6) for k, v in scores.items()}, quote=quote_of(md),
         start_s=md.therapist.start_s, trigger_seq=md.trigger_seq, emitted_at=emitted_at,
         model_version=model_version)
@@ -76,15 +76,40 @@ def charting_note(assignments: tuple[Assignment, ...] | list[Assignment], first_
     return "\n".join(lines)
 
 
-def session_summary(state: SessionState, model_version: str, emitted_at: float) -> SessionSummary:
+def session_opened(state: SessionState, start_s: float | None, emitted_at: float,
+                   default_scheduled_minutes: int | None = None) -> SessionOpened:
+    """The announcement of a session's first message: ids and times, no text."""
+    return SessionOpened(session_id=state.session_id, therapist_id=state.therapist_id, client_id=state.client_id,
+                         program_id=state.program_id,
+                         scheduled_minutes=state.scheduled_minutes or default_scheduled_minutes,
+                         started_at=state.started_at if state.started_at is not None else emitted_at,
+                         start_s=start_s, emitted_at=emitted_at)
+
+
+def previous_homework_reviewed(state: SessionState) -> bool | None:
+    """Whether this session reviewed the previous session's homework; None when there was none to review
+    (no client id, no previous session, or a previous session without homework)."""
+    if not state.previous_homework:
+        return None
+    return bool(state.reviews)
+
+
+def session_summary(state: SessionState, model_version: str, emitted_at: float,
+                    default_scheduled_minutes: int | None = None) -> SessionSummary:
+    """The session's summary; ``scheduled_minutes`` is the session's own or, when it sent none, the default
+    the nudge rules assumed."""
     cats = sorted({a.category for a in state.assignments})
     duration = (state.last_time_s - state.first_start_s
                 if state.last_time_s is not None and state.first_start_s is not None else None)
     return SessionSummary(
         summary_id=stable_id("summary", state.session_id, model_version),
         session_id=state.session_id, therapist_id=state.therapist_id, client_id=state.client_id,
-        program_id=state.program_id, homework_assigned=bool(state.assignments), categories=cats,
+        program_id=state.program_id, scheduled_minutes=state.scheduled_minutes or default_scheduled_minutes,
+        started_at=state.started_at, homework_assigned=bool(state.assignments), categories=cats,
         assignments=list(state.assignments),
-        note=charting_note(state.assignments, state.first_start_s), n_utterances=state.n_utterances,
+        note=charting_note(state.assignments, state.first_start_s),
+        previous_session_id=state.previous_session_id, previous_homework=list(state.previous_homework),
+        previous_homework_reviewed=previous_homework_reviewed(state), reviews=list(state.reviews),
+        n_utterances=state.n_utterances,
         n_microdialogues=state.n_microdialogues, missing_utterances=state.missing_utterances,
         duration_s=duration, emitted_at=emitted_at, model_version=model_version)

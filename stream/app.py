@@ -1,8 +1,9 @@
 """The Faust worker: a thin edge around ``homework_monitor.stream.processor``.
 
-utterances (keyed by session_id) -> [validate | window | classify (Triton) | decide] ->
-homework-events, session-summaries, dead-letter; per-session state in the ``sessions`` Table
-(changelog-backed). Processing is at-least-once: outputs are sent before the table is written, event
+utterances (keyed by session_id) -> [validate | consent | window | classify (Triton) | decide | review |
+nudge rules] -> homework-events, session-summaries, nudges, session-opened, dead-letter; per-session state
+in the ``sessions`` Table (changelog-backed); per-client homework history in the ``client_history``
+GlobalTable, fed from the summaries through a topic keyed by client (docs/NUDGES.md). Processing is at-least-once: outputs are sent before the table is written, event
 and summary ids are deterministic, and a redelivered message is recognised by its seq and skipped.
 
 A batch that cannot be finished is never committed past: the worker blocks its offset commits, its
@@ -28,6 +29,7 @@ from typing import cast
 import faust
 from faust.exceptions import AlreadyConfiguredWarning
 from faust.streams import _current_event
+from faust.tables.globaltable import GlobalTable as FaustGlobalTable
 from faust.tables.table import Table as FaustTable
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
@@ -41,13 +43,19 @@ from . import metrics, probes
 from .classifiers import ClassifierUnavailable, TritonClassifier
 from .config import Settings
 from .expiry import expired_by_partition, is_expired, session_fields, with_retirement
+from .followup import ClientHistory, history_of, record_session
 from .health import HealthState
-from .processor import InboundRecord, process_batch, silence_checks_due
+from .nudges import NudgeConfig
+from .processor import InboundRecord, nudge_checks_due, process_batch, silence_checks_due
 from .progress import SourceProgress, marker_key, marker_next_offset, marker_value, plan_position
-from .schemas import SilenceCheck
+from .schemas import SessionSummary, SilenceCheck
 from .windowing import SessionState
 
 log = logging.getLogger("homework_monitor.worker")
+
+
+# A nudge check that got no answer (lost, or its batch still in flight) is sent again after this long.
+NUDGE_CHECK_RESEND_S = 5.0
 
 
 def _dump(model) -> bytes:
@@ -154,10 +162,10 @@ class MonitorApp(faust.App):
         super()._create_directories()
 
 
-class SessionTable(FaustTable):
-    """The sessions table. The changelog writes of a batch are collected so that the agent can wait for
-    the broker to have them before the batch's offsets become committable (faust's flush before a
-    commit gives up after 0.1 s without progress and can commit past state it never wrote)."""
+class _ChangelogWaits:
+    """Collects a table's changelog writes so that an agent can wait for the broker to have them before
+    its events' offsets become committable (faust's flush before a commit gives up after 0.1 s without
+    progress and can commit past state it never wrote)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -174,6 +182,14 @@ class SessionTable(FaustTable):
         for fut in pending:
             await fut
         return {fut.message.partition for fut in pending}
+
+
+class SessionTable(_ChangelogWaits, FaustTable):
+    """The sessions table (per session, partitioned like the utterances)."""
+
+
+class ClientHistoryTable(_ChangelogWaits, FaustGlobalTable):
+    """The per-client homework history: a GlobalTable, every worker holds all of it (docs/NUDGES.md)."""
 
 
 class SourceGate:
@@ -329,12 +345,29 @@ def create_app(settings: Settings, classifier: Classifier | None = None,
                            partitions=settings.topic_partitions)
     events = app.topic(t.homework_events, partitions=settings.topic_partitions)
     summaries = app.topic(t.session_summaries, partitions=settings.topic_partitions)
+    nudges = app.topic(t.nudges, partitions=settings.topic_partitions)
+    opened = app.topic(t.session_opened, partitions=settings.topic_partitions)
     dead_letter = app.topic(t.dead_letter, partitions=1)
     sessions = cast(SessionTable, app.Table("sessions", default=None, partitions=settings.topic_partitions))
+    # Cross-session follow-up (docs/NUDGES.md). The utterances are partitioned by session, so a table keyed
+    # by client is not co-partitioned with them: a session's worker may own none of its client's table
+    # partition. So every worker holds the whole history (a GlobalTable, read locally at session start),
+    # and it is written by one agent from a one-partition topic of the summaries keyed by client: one
+    # writer per client, in summary order, and the table's changelog partition is the event's partition.
+    summaries_by_client = app.topic(f"{settings.app_id}-summaries-by-client", partitions=1, internal=True,
+                                    key_type=bytes, value_type=bytes)
+    client_history = cast(ClientHistoryTable, app.GlobalTable(
+        "client_history", default=None, partitions=1,
+        # every worker keeps reading all of the changelog after recovery (faust-streaming issue #283),
+        # and applies it record by record (the workaround faust's GlobalTable documents)
+        synchronize_all_active_partitions=True, recovery_buffer_size=1))
+    nudge_cfg = NudgeConfig.from_settings(settings)
     gate = SourceGate(t.utterances, sessions, settings, clock)
     silence_sent: dict[str, float] = {}
+    nudge_check_sent: dict[str, float] = {}
     app.classifier = classifier  # type: ignore[attr-defined]
     app.sessions_table = sessions  # type: ignore[attr-defined]
+    app.client_history_table = client_history  # type: ignore[attr-defined]
     health = HealthState(stall_timeout_s=settings.stall_timeout_s, stall_exit_s=settings.stall_exit_s,
                          broker_unreachable_exit_s=settings.broker_unreachable_exit_s)
     app.health = health  # type: ignore[attr-defined]
@@ -357,6 +390,9 @@ def create_app(settings: Settings, classifier: Classifier | None = None,
         raw = sessions.get(sid)
         return SessionState.from_json(session_fields(raw)) if raw else None
 
+    def load_history(client_id: str) -> ClientHistory | None:
+        return history_of(client_history.get(client_id))
+
     @app.agent(utterances)
     async def monitor(stream):
         async def handle_batch(received):
@@ -368,13 +404,17 @@ def create_app(settings: Settings, classifier: Classifier | None = None,
             records = [InboundRecord(e.value, e.key.decode("utf-8", "replace") if e.key else None,
                                      e.message.partition, e.message.offset) for e in batch]
             result = await process_batch(records, load_state, classifier, settings, clock,
-                                         source_topic=t.utterances)
+                                         source_topic=t.utterances, load_history=load_history)
             # Outputs first, state second: a crash in between replays the batch from the old state and
             # re-emits the same ids, never loses an event.
             sends = [await dead_letter.send(key=(d.key or "").encode(), value=_dump(d))
                      for d in result.dead_letters]
+            sends += [await opened.send(key=o.session_id.encode(), value=_dump(o)) for o in result.opened]
             sends += [await events.send(key=e.session_id.encode(), value=_dump(e)) for e in result.events]
+            sends += [await nudges.send(key=n.session_id.encode(), value=_dump(n)) for n in result.nudges]
             sends += [await summaries.send(key=s.session_id.encode(), value=_dump(s)) for s in result.summaries]
+            sends += [await summaries_by_client.send(key=s.client_id.encode(), value=_dump(s))
+                      for s in result.summaries if s.client_id is not None]
             for fut in sends:
                 await fut
             for sid, state in result.states.items():
@@ -393,6 +433,23 @@ def create_app(settings: Settings, classifier: Classifier | None = None,
         await consume_batches(stream.take_events(settings.batch_size, within=settings.batch_within_s),
                               handle_batch, health, fail, health_clock)
 
+    @app.agent(summaries_by_client)
+    async def record_client_history(stream):
+        """Each summary becomes its client's latest session (idempotent: a redelivery replaces its entry)."""
+        async for event in stream.events():
+            try:
+                summary = SessionSummary.model_validate_json(event.value)
+            except ValueError as exc:  # only this app writes the topic: a bug, reported without the record
+                log.error("client history: unreadable summary at offset %s skipped (%s)", event.message.offset,
+                          type(exc).__name__)
+                continue
+            if summary.client_id is None:
+                continue
+            updated = record_session(history_of(client_history.get(summary.client_id)), summary)
+            client_history[summary.client_id] = updated.model_dump(mode="json")
+            await client_history.changelog_written()  # stored before this offset can be committed
+            metrics.CLIENT_HISTORY_UPDATES.inc()
+
     @app.timer(interval=settings.silence_check_interval_s)
     async def silence_timer():
         now = clock()
@@ -402,8 +459,18 @@ def create_app(settings: Settings, classifier: Classifier | None = None,
         metrics.ACTIVE_SESSIONS.set(len(states))
         for sid in [k for k in silence_sent if k not in states]:
             del silence_sent[sid]
-        for sid in silence_checks_due(states, now, settings.silence_flush_s, silence_sent):
+        for sid in [k for k in nudge_check_sent if k not in states]:
+            del nudge_check_sent[sid]
+        due = silence_checks_due(states, now, settings.silence_flush_s, silence_sent)
+        for sid in due:
             silence_sent[sid] = states[sid].last_activity_at
+        # A nudge that falls due between utterances ("no homework yet" at minute 40 of a quiet stretch):
+        # the same check, processed in the session's partition order, fires it (stream/nudges.py).
+        for sid in nudge_checks_due(states, now, nudge_cfg, nudge_check_sent, NUDGE_CHECK_RESEND_S):
+            nudge_check_sent[sid] = now
+            if sid not in due:
+                due.append(sid)
+        for sid in due:
             await utterances.send(key=sid.encode(), value=_dump(SilenceCheck(session_id=sid, at=now)))
 
     @app.timer(interval=settings.source_rewind_interval_s)
@@ -447,6 +514,7 @@ def create_app(settings: Settings, classifier: Classifier | None = None,
     app.on_first_start_hook = start_health
 
     app.monitor_agent = monitor  # type: ignore[attr-defined]
+    app.client_history_agent = record_client_history  # type: ignore[attr-defined]
     return app
 
 
@@ -531,7 +599,8 @@ def table_options(settings: Settings) -> dict:
     """Faust table settings: the store (RocksDB on disk under the run dir, or memory), standbys, and
     the table class whose changelog writes the agent can wait for."""
     return {"store": "rocksdb://" if settings.table_store == "rocksdb" else "memory://",
-            "table_standby_replicas": settings.table_standby_replicas, "Table": SessionTable}
+            "table_standby_replicas": settings.table_standby_replicas, "Table": SessionTable,
+            "GlobalTable": ClientHistoryTable}
 
 
 def _observe(result) -> None:
@@ -544,6 +613,12 @@ def _observe(result) -> None:
         metrics.EVENTS.labels(category=e.category).inc()
     for s in result.summaries:
         metrics.SUMMARIES.labels(homework_assigned=str(s.homework_assigned).lower()).inc()
+        for r in s.reviews:
+            metrics.REVIEWS.labels(source=r.source).inc()
+    for n in result.nudges:
+        metrics.NUDGES.labels(rule=n.rule).inc()
+    metrics.SESSIONS_OPENED.inc(len(result.opened))
+    metrics.SESSIONS_WITHOUT_CONSENT.inc(len(result.declined))
     for lat in result.latencies:
         metrics.LATENCY.observe(lat)
 

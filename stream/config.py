@@ -119,12 +119,15 @@ class Settings(BaseSettings):
     # Chosen on out-of-fold sessions_dev predictions (training/RESULTS.md, session sweep).
     event_threshold: float = Field(0.6, ge=0, le=1)
 
-    # Nudges and consent (docs/SURFACES.md). Rules are pure (stream/nudges.py), each fires at most once
+    # Nudges and consent (docs/NUDGES.md). Rules are pure (stream/nudges.py), each fires at most once
     # per session. A session without scheduled_minutes is taken to last default_scheduled_minutes.
     default_scheduled_minutes: int = Field(50, ge=1)
     nudge_no_homework_before_end_min: float = Field(10.0, ge=0)  # N: "no homework yet" this long before the end
     nudge_review_within_min: float = Field(10.0, gt=0)  # M: "not yet reviewed" after this long without a review
     require_consent: bool = False  # True: a session is processed only after a session_start with consent
+    # The nudge rules that fire (docs/NUDGES.md); HWM_NUDGE_RULES='["no_homework_yet"]' keeps one, '[]' none.
+    nudge_rules: frozenset[Literal["no_homework_yet", "review_previous", "not_yet_reviewed"]] = frozenset(
+        {"no_homework_yet", "review_previous", "not_yet_reviewed"})
 
     # The worker's HTTP endpoint: /metrics (Prometheus), /healthz (liveness), /readyz (readiness).
     # Loopback by default; a pod that is probed or scraped from outside sets HWM_METRICS_HOST=0.0.0.0.

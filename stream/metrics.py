@@ -4,11 +4,22 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 UTTERANCES = Counter("hwm_utterances_total", "Inbound messages by outcome",
-                     ["result"])  # ok | duplicate | late | control | dead_letter
+                     ["result"])  # ok | duplicate | late | control | no_consent | dead_letter
 DEAD_LETTERS = Counter("hwm_dead_letter_total", "Messages sent to the dead-letter topic", ["reason"])
 MICRODIALOGUES = Counter("hwm_microdialogues_total", "Microdialogues classified")
 EVENTS = Counter("hwm_homework_events_total", "Homework events emitted", ["category"])
 SUMMARIES = Counter("hwm_session_summaries_total", "Session summaries emitted", ["homework_assigned"])
+
+# Clinicians' surfaces (docs/NUDGES.md).
+NUDGES = Counter("hwm_nudges_total", "Nudges emitted", ["rule"])  # no_homework_yet | review_previous | not_yet_reviewed
+SESSIONS_OPENED = Counter("hwm_sessions_opened_total", "Sessions announced on session-opened")
+SESSIONS_WITHOUT_CONSENT = Counter("hwm_sessions_without_consent_total",
+                                   "Sessions declined (consent false, or none where HWM_REQUIRE_CONSENT): nothing "
+                                   "of them is processed or stored")
+REVIEWS = Counter("hwm_homework_reviews_total", "Therapist turns found to review the previous session's homework",
+                  ["source"])  # rule | model
+CLIENT_HISTORY_UPDATES = Counter("hwm_client_history_updates_total",
+                                 "Summaries recorded in the per-client homework history")
 CLASSIFIER_SECONDS = Histogram("hwm_classifier_request_seconds", "One classifier call (a micro-batch)",
                                buckets=(.005, .01, .025, .05, .1, .15, .2, .25, .3, .4, .5, 1, 2, 5))
 CLASSIFIER_BATCH = Histogram("hwm_classifier_batch_size", "Microdialogues per classifier call",

@@ -2,6 +2,9 @@
 
 Offline equals online: ``windowed_sessions`` + ``summarize_all`` run ``window_session`` (the
 worker's state machine), ``decide``, ``homework_event``/``record_assignment`` and ``session_summary``.
+Cross-session follow-up too: sessions are processed in input order with an in-memory history per client
+(``followup.with_previous`` before a session, ``followup.record_session`` after it), and the review rule
+reads every microdialogue (``review.record_reviews``), so an offline summary has the live one's fields.
 """
 from __future__ import annotations
 
@@ -12,6 +15,8 @@ import numpy as np
 from pydantic import ValidationError
 
 from .aggregation import decide, homework_event, record_assignment, session_summary
+from .followup import ClientHistory, record_session, with_previous
+from .review import record_reviews
 from .schemas import CLASSES, CorpusSession, SessionSummary, Utterance
 from .validation import Ok, Rejected, check_inbound, field_paths
 from .windowing import Microdialogue, WindowConfig, window_session
@@ -63,23 +68,37 @@ def windowed_sessions(sessions: Iterable[dict], cfg: WindowConfig):
 
 
 def summarize_windowed(state, mds: Sequence[Microdialogue], probs: np.ndarray, threshold: float,
-                       model_version: str, now: float | None = None) -> SessionSummary:
+                       model_version: str, now: float | None = None,
+                       history: dict[str, ClientHistory] | None = None,
+                       default_scheduled_minutes: int | None = None) -> SessionSummary:
+    """One session's summary. ``history`` (client_id -> ClientHistory) gives the previous session and
+    gets this one recorded, as the worker's client history table does."""
     now = time.time() if now is None else now
+    if history is not None and state.client_id is not None:
+        state = with_previous(state, history.get(state.client_id))
     for md, p in zip(mds, probs):
         scores = dict(zip(CLASSES, map(float, p)))
         d = decide(scores, threshold)
         if d.is_homework:
             state = record_assignment(state, homework_event(state, md, scores, d, model_version, now))
-    return session_summary(state, model_version, now)
+    state = record_reviews(state, mds)
+    summary = session_summary(state, model_version, now, default_scheduled_minutes)
+    if history is not None and summary.client_id is not None:
+        history[summary.client_id] = record_session(history.get(summary.client_id), summary)
+    return summary
 
 
 def summarize_all(windowed: Sequence, probs: np.ndarray, threshold: float, model_version: str,
-                  now: float | None = None) -> list[SessionSummary]:
-    """Summaries of windowed sessions, given the probabilities of all their microdialogues in order
-    (one classifier call for the lot, as the worker batches across sessions)."""
+                  now: float | None = None, history: dict[str, ClientHistory] | None = None,
+                  default_scheduled_minutes: int | None = None) -> list[SessionSummary]:
+    """Summaries of windowed sessions, in order, given the probabilities of all their microdialogues in
+    order (one classifier call for the lot, as the worker batches across sessions). A client's earlier
+    session in the input is its later session's previous one (``history``: a fresh one by default)."""
+    history = {} if history is None else history
     out, i = [], 0
     for state, mds in windowed:
-        out.append(summarize_windowed(state, mds, probs[i:i + len(mds)], threshold, model_version, now))
+        out.append(summarize_windowed(state, mds, probs[i:i + len(mds)], threshold, model_version, now,
+                                      history, default_scheduled_minutes))
         i += len(mds)
     return out
 

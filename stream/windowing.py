@@ -16,7 +16,7 @@ from typing import Literal
 
 from homework_monitor.contract import Example
 
-from .schemas import Assignment, SessionEnd, SessionStart, SilenceCheck, Turn, Utterance
+from .schemas import Assignment, Review, SessionEnd, SessionStart, SilenceCheck, Turn, Utterance
 
 
 @dataclass(frozen=True)
@@ -89,10 +89,21 @@ class SessionState:
     assignments: tuple[Assignment, ...] = ()
     ended: bool = False
     missing_utterances: int = 0
+    # Consent (stream/consent.py): True/None as sent on session_start; False only on a declined
+    # session's marker, which holds nothing else.
+    consent: bool | None = None
+    started_at: float | None = None  # wall clock when the worker saw the session's first message
+    # Cross-session follow-up (stream/followup.py): looked up once the client is known.
+    previous_checked: bool = False
+    previous_session_id: str | None = None
+    previous_homework: tuple[Assignment, ...] = ()
+    reviews: tuple[Review, ...] = ()
+    nudges_fired: tuple[str, ...] = ()  # rules already fired: each fires at most once per session
 
     def to_json(self) -> dict:
         d = asdict(self)
-        d["assignments"] = [a.model_dump() for a in self.assignments]
+        for name in ("assignments", "previous_homework", "reviews"):
+            d[name] = [a.model_dump() for a in getattr(self, name)]
         return d
 
     @classmethod
@@ -104,7 +115,11 @@ class SessionState:
                       "open_turn": turn(d["open_turn"]),
                       "pending_therapist": turn(d["pending_therapist"]),
                       "pending_context": tuple(WindowTurn(**t) for t in d["pending_context"]),
-                      "assignments": tuple(Assignment(**a) for a in d["assignments"])})
+                      "assignments": tuple(Assignment(**a) for a in d["assignments"]),
+                      # absent from states stored before the follow-up fields existed
+                      "previous_homework": tuple(Assignment(**a) for a in d.get("previous_homework", ())),
+                      "reviews": tuple(Review(**r) for r in d.get("reviews", ())),
+                      "nudges_fired": tuple(d.get("nudges_fired", ()))})
 
     @property
     def waiting(self) -> bool:
@@ -211,7 +226,8 @@ def apply_message(s: SessionState | None, msg, now: float, cfg: WindowConfig) ->
     if isinstance(msg, Utterance):
         return apply_utterance(s, msg, now, cfg)
     if isinstance(msg, SessionStart):
-        return Step(_with_meta(s, msg), outcome="control")
+        consent = msg.consent if msg.consent is not None else s.consent
+        return Step(replace(_with_meta(s, msg), consent=consent), outcome="control")
     if isinstance(msg, SessionEnd):
         return apply_session_end(s, msg, now, cfg)
     if isinstance(msg, SilenceCheck):

@@ -187,4 +187,6 @@ def test_expected_turns_point_at_therapist_utterances(demo_sessions):
             assert utts[turn]["speaker"] == "therapist", (sid, turn)
             # a turn starts with its first utterance: the one before belongs to the client
             assert turn == 0 or utts[turn - 1]["speaker"] == "client", (sid, turn)
-            assert item["category"] in ("practice", "take_action", "journal", "learn")
+            # a homework assignment (category) or a review of the previous session's homework
+            assert item.get("category") in ("practice", "take_action", "journal", "learn") or \
+                (item.get("review") is True and "category" not in item), (sid, item)

@@ -28,15 +28,19 @@ class LiveStack:
 
 
 @pytest.fixture(scope="module")
-def live_stack(tmp_path_factory) -> LiveStack:
+def live_stack(tmp_path_factory, request) -> LiveStack:
+    """A module's stack. A test module may set ``WORKER_SETTINGS`` (Settings fields with number or string
+    values) for its worker."""
     run_dir = tmp_path_factory.mktemp("stack")
     log_dir = run_dir / "logs"
     ports = Ports.free()
-    settings = Settings(run_dir=run_dir, silence_flush_s=3.0, app_id=f"hwm-it-{ports.kafka}")
+    overrides = getattr(request.module, "WORKER_SETTINGS", {})
+    settings = Settings(run_dir=run_dir, silence_flush_s=3.0, app_id=f"hwm-it-{ports.kafka}", **overrides)
+    extra_env = {f"HWM_{k.upper()}": str(v) for k, v in overrides.items()}
     with ServiceStack() as stack:
         settings = start_broker(stack, settings, ports, log_dir)
         settings = start_triton(stack, settings, ports, log_dir)
-        metrics_port = start_worker(stack, settings, log_dir, "worker-1", ports.worker_metrics)
+        metrics_port = start_worker(stack, settings, log_dir, "worker-1", ports.worker_metrics, extra_env=extra_env)
         yield LiveStack(settings, ports, log_dir, stack, metrics_port)
 
 

@@ -1,6 +1,7 @@
 """The README's main command, end to end: `homework-monitor demo` on free ports."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from homework_monitor.deploy.services import free_port
+from homework_monitor.producers.replay import demo_sessions_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,14 +29,24 @@ def test_demo_runs_every_session_to_its_summary_and_stops_cleanly(tmp_path):
     env = {**os.environ, "HWM_RUN_DIR": str(tmp_path)}
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    m = re.search(r"(\d+) homework events, (\d+)/(\d+) summaries \((\d+) with homework\), (\d+) dead letters",
-                  proc.stdout)
+    m = re.search(r"(\d+) homework events, (\d+)/(\d+) summaries \((\d+) with homework\), (\d+) nudges "
+                  r"\(([^)]*)\), (\d+) dead letters", proc.stdout)
     assert m, proc.stdout[-2000:]
-    events, got, want, with_hw, dead = map(int, m.groups())
-    assert got == want == 10 and with_hw == 8 and dead == 0 and events >= 16
-    stored = re.search(r"store: (\d+) sessions with summaries, (\d+) homework events", proc.stdout)
+    events, got, want, with_hw, n_nudges, dead = (int(m.group(i)) for i in (1, 2, 3, 4, 5, 7))
+    expected = json.loads((demo_sessions_dir() / "EXPECTED.json").read_text())
+    assert got == want == len(expected) == 14 and dead == 0
+    assert with_hw == sum(1 for xs in expected.values() if any("category" in x for x in xs)) == 11
+    assert events >= sum(1 for xs in expected.values() for x in xs if "category" in x)
+    # the follow-up pairs: each client's second session is reminded of the first one's homework, and the
+    # short check-in without homework gets its "no homework yet" nudge before it ends; nothing else nudges
+    nudges = re.findall(r"NUDGE\S*\s+(\S+)\s+(\S+)", proc.stdout)  # (session, rule)
+    assert sorted(nudges) == [("demo-followup-health-2", "no_homework_yet"),
+                              ("demo-followup-health-2", "review_previous"),
+                              ("demo-followup-mood-2", "review_previous")], proc.stdout[-3000:]
+    assert n_nudges == len(nudges)
+    stored = re.search(r"store: (\d+) sessions with summaries, (\d+) homework events, (\d+) nudges", proc.stdout)
     # the printer stops at the last summary, possibly before it has read every event: the store has them all
-    assert stored and int(stored.group(1)) == 10 and int(stored.group(2)) >= events, proc.stdout[-2000:]
+    assert stored and int(stored.group(1)) == got and int(stored.group(2)) >= events, proc.stdout[-2000:]
     assert (tmp_path / "demo" / "store.sqlite3").exists() and (tmp_path / "demo" / "logs" / "sink.log").exists()
     # The web app ran beside it, and the demo said where and how to log in.
     assert f"web app          http://127.0.0.1:{web_port}/  demo login: therapist1 / homework-demo" in proc.stdout
