@@ -460,7 +460,8 @@ def demo_login_hint(settings: Settings) -> str:
     if settings.web.users_file is not None:
         return f"users from {settings.web.users_file}"
     from homework_monitor.web.users import DEMO_PASSWORD
-    return f"demo login: therapist1 / {DEMO_PASSWORD} (therapist), supervisor / {DEMO_PASSWORD} (supervisor)"
+    return (f"demo login: therapist1 / {DEMO_PASSWORD} (therapist; therapist11 gets the nudges), "
+            f"supervisor / {DEMO_PASSWORD} (program cbt-anxiety)")
 
 
 def cmd_passthrough(module: str):

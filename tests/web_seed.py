@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from homework_monitor.store.db import Store
 from homework_monitor.store.ingest import apply
 from homework_monitor.stream.aggregation import charting_note
+from homework_monitor.stream.nudges import MESSAGES
 from homework_monitor.stream.schemas import (
     Assignment,
     HomeworkEvent,
@@ -27,8 +28,8 @@ QUOTES = {
     "take_action": "Before we meet again, call the clinic about the evening group and ask about times.",
     "learn": "Read the two pages on sleep pressure I gave you, and bring one question about them.",
 }
-NO_HOMEWORK_MESSAGE = "No homework assigned yet, and about 10 minutes are left in this session."
-REVIEW_MESSAGE = "Last session's homework: ask how it went."
+NO_HOMEWORK_MESSAGE = MESSAGES["no_homework_yet"]
+REVIEW_MESSAGE = MESSAGES["review_previous"]
 
 
 @dataclass

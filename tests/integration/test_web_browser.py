@@ -88,7 +88,7 @@ def test_therapist_panel_updates_live_takes_feedback_and_copies_the_note(web):
         page.wait_for_selector("#session[data-stream=open]")
         assert page.locator("tr.detection").count() == 2
         review = page.locator("li.nudge[data-rule=review_previous]")
-        assert "ask how it went" in review.inner_text() and QUOTES["take_action"][:40] in review.inner_text()
+        assert "consider reviewing it" in review.inner_text() and QUOTES["take_action"][:40] in review.inner_text()
 
         # A detection stored while the page is open appears without a reload.
         quote = "Try the worry-postponement exercise once a day and note how long the worry lasted."
