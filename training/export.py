@@ -3,7 +3,8 @@
   python -m homework_monitor.training.export --row best --out triton_models/homework_classifier/1/artifact
 
 ``best`` is the row with the highest out-of-fold macro-F1 among the cached encoder rows. The
-temperature comes from that row's out-of-fold logits, so thresholds keep their meaning in serving.
+temperature comes from that row's out-of-fold logits, so thresholds keep their meaning in serving. An
+encoder of its own is converted to the served ONNX graph (``training.onnx_export``).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from homework_monitor.model import Encoder, ModelSpec, base_encoder_path, save_artifact
+from homework_monitor.model import BASE_ENCODER, Encoder, ModelSpec, base_encoder_path, save_artifact
 from homework_monitor.stream.config import default_data_dir
 from homework_monitor.stream.schemas import CLASSES
 from homework_monitor.triton_models import SERVED_ARTIFACT
@@ -24,6 +25,7 @@ from homework_monitor.triton_models import SERVED_ARTIFACT
 from .features import cached_features
 from .finetune import finetune
 from .head import train_head
+from .onnx_export import convert_artifact
 from .table1 import CONFIGS, ENCODER_ROWS, Context, RowResult, build_context, evaluate_row, pretrained_encoder
 
 FROZEN = {"minilm_frozen": ("mean", None), "tsdae_only": ("cls", False), "tsdae_nsp": ("cls", True)}
@@ -55,6 +57,9 @@ def export_row(ctx: Context, row: str, evaluation: dict, out: Path) -> Path:
     if staging.exists():
         shutil.rmtree(staging)
     built = _build(ctx, row, items, y, w, spec_common, staging)
+    if ModelSpec.load(built).encoder != BASE_ENCODER:
+        # Served format: the encoder as an ONNX graph (runs without torch), the torch weights dropped.
+        convert_artifact(built, drop_torch_weights=True)
     if out.exists():
         shutil.rmtree(out)
     built.replace(out)

@@ -1,9 +1,15 @@
 """Triton python-backend model: microdialogue texts in (BYTES), 5-class probabilities out.
 
-All requests of one dynamic batch are classified in a single encoder pass (batching in one place:
-here). The artifact beside this file is the one ``homework-monitor classify`` uses in process.
-Tensor names and the class order come from ``homework_monitor.contract``; ``initialize`` refuses a
-config or artifact whose class order differs.
+All requests of one dynamic batch are classified together: both views of every microdialogue are
+tokenized in one call, bucketed by length and run through ONNX Runtime (``homework_monitor.runtime``;
+no torch in this process). The artifact beside this file is the one ``homework-monitor classify``
+uses in process. Tensor names and the class order come from ``homework_monitor.contract``;
+``initialize`` refuses a config or artifact whose class order differs.
+
+Config parameters: ``threads`` (ONNX Runtime intra-op threads), ``fp16`` (GPU instances),
+``execution_provider`` (GPU instances: ``cuda`` or ``tensorrt``), ``max_bucket`` and ``max_waste``
+(length buckets: at most that many sequences, at most that share of a row padded).
+An artifact without an ONNX encoder (a torch training output) runs on torch (``torch_threads``).
 """
 import json
 import os
@@ -17,7 +23,6 @@ for _p in reversed([p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep
         sys.path.insert(0, _p)
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
 from homework_monitor.contract import (  # noqa: E402
@@ -29,7 +34,7 @@ from homework_monitor.contract import (  # noqa: E402
     Example,
     check_classes,
 )
-from homework_monitor.model import HomeworkClassifier  # noqa: E402
+from homework_monitor.runtime import ModelSpec, OnnxClassifier, has_onnx_encoder  # noqa: E402
 
 
 def _strings(request, name):
@@ -48,19 +53,31 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         check_classes(params.get(CLASSES_PARAMETER, "").split(","), "config.pbtxt")
-        torch.set_num_threads(int(params.get("torch_threads", "2")))
         artifact = Path(args["model_repository"]) / args["model_version"] / params.get("artifact", "artifact")
         gpu = args.get("model_instance_kind") == "GPU"
-        device = f"cuda:{args['model_instance_device_id']}" if gpu else "cpu"
-        # HomeworkClassifier checks the artifact's own class order against the contract.
-        self.classifier = HomeworkClassifier(artifact, device=device,
-                                             fp16=gpu and params.get("fp16", "false") == "true")
+        fp16 = gpu and params.get("fp16", "false") == "true"
+        device_id = args.get("model_instance_device_id", "0")
+        if has_onnx_encoder(artifact):  # checks the artifact's own class order against the contract
+            device = f"{params.get('execution_provider', 'cuda')}:{device_id}" if gpu else "cpu"
+            self.classifier = OnnxClassifier(artifact, device=device, fp16=fp16,
+                                             threads=int(params.get("threads", "0")) or None,
+                                             max_bucket=int(params.get("max_bucket", "64")),
+                                             max_waste=float(params.get("max_waste", "0.25")))
+        else:
+            import torch
+
+            from homework_monitor.model import HomeworkClassifier
+            torch.set_num_threads(int(params.get("torch_threads", "2")))
+            self.classifier = HomeworkClassifier(artifact, device=f"cuda:{device_id}" if gpu else "cpu", fp16=fp16)
+        # The context turns are sent as JSON; parse them only for a model that reads them.
+        self.reads_context = "context" in ModelSpec.load(artifact).views
         self.max_batch = int(config.get("max_batch_size", 32))
 
     def execute(self, requests):
         examples, sizes = [], []
         for request in requests:
-            th, cl, ctx = (_strings(request, n) for n in (INPUT_THERAPIST, INPUT_CLIENT, INPUT_CONTEXT))
+            th, cl = _strings(request, INPUT_THERAPIST), _strings(request, INPUT_CLIENT)
+            ctx = _strings(request, INPUT_CONTEXT) if self.reads_context else [""] * len(th)
             examples += [Example(therapist=t, client=c or None, context=_context(x))
                          for t, c, x in zip(th, cl, ctx)]
             sizes.append(len(th))
