@@ -202,13 +202,18 @@ def fidelity_report(db: Session, viewer: Viewer, start: datetime, end: datetime,
 
 # --- session lists ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class LiveSession:
+class SessionHeader:
+    """Who and when: what every session row shows (ids only, no text)."""
     session_id: str
     therapist_id: str | None
     client_id: str | None
     program_id: str | None
     scheduled_minutes: int | None
     started_at: datetime
+
+
+@dataclass(frozen=True)
+class LiveSession(SessionHeader):
     elapsed_s: float
     homework_count: int  # homework events so far
     categories: list[str]  # their categories, sorted
@@ -306,13 +311,7 @@ class ReviewView:
 
 
 @dataclass(frozen=True)
-class SessionDetail:
-    session_id: str
-    therapist_id: str | None
-    client_id: str | None
-    program_id: str | None
-    scheduled_minutes: int | None
-    started_at: datetime
+class SessionDetail(SessionHeader):
     ended_at: datetime | None
     live: bool
     elapsed_s: float  # now - started_at while live; ended_at - started_at after

@@ -23,6 +23,18 @@ def run(cmd, **kw) -> subprocess.CompletedProcess:
     return res
 
 
+def install(wheel: Path, extra: str, tmp_path: Path) -> tuple[Path, Path, dict[str, str]]:
+    """A fresh venv with ``wheel[extra]``, an empty working directory, and an environment in which nothing
+    of the source tree can leak in (no PYTHONPATH, no HWM_* settings): (venv, empty dir, env)."""
+    venv = tmp_path / "venv"
+    run([sys.executable, "-m", "venv", venv], timeout=120)
+    run([venv / "bin" / "python", "-m", "pip", "install", "-q", f"{wheel}[{extra}]"], timeout=900)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HWM_", "PYTHONPATH"))}
+    return venv, empty, env
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dist")
@@ -48,12 +60,7 @@ def test_wheel_holds_one_top_level_package_and_the_served_model(wheel):
 def test_the_store_migrates_from_an_installed_wheel(wheel, tmp_path):
     """The Alembic chain ships in the package: `homework-monitor store migrate` works from an installed
     wheel with only its `store` extra, in an empty directory."""
-    venv = tmp_path / "venv"
-    run([sys.executable, "-m", "venv", venv], timeout=120)
-    run([venv / "bin" / "python", "-m", "pip", "install", "-q", f"{wheel}[store]"], timeout=900)
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HWM_", "PYTHONPATH"))}
+    venv, empty, env = install(wheel, "store", tmp_path)
     res = run([venv / "bin" / "homework-monitor", "store", "migrate"], cwd=empty, env=env, timeout=300)
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out["revision"] == "0001" and (empty / "var" / "store.sqlite3").exists()
@@ -70,13 +77,7 @@ def test_wheel_ships_the_web_apps_templates_and_static_files(wheel):
 
 
 def test_classify_and_summarize_from_an_installed_wheel_in_an_empty_directory(wheel, tmp_path):
-    venv = tmp_path / "venv"
-    run([sys.executable, "-m", "venv", venv], timeout=120)
-    run([venv / "bin" / "python", "-m", "pip", "install", "-q", f"{wheel}[serve]"], timeout=900)
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    # Nothing of the source tree may leak in: no PYTHONPATH, no HWM_* settings, cwd is empty.
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HWM_", "PYTHONPATH"))}
+    venv, empty, env = install(wheel, "serve", tmp_path)
     cli = venv / "bin" / "homework-monitor"
     items = [{"id": "x1", "therapist": "This week, write down every craving in a small notebook.",
               "client": "Okay, I can do that."},
