@@ -75,7 +75,7 @@ class SessionStart(SessionMeta):
     session_id: Id
     start_s: Offset | None = None
     # The client's consent to monitoring. False: the worker processes and stores nothing of the session
-    # but a counter. None (not sent): processed unless HWM_REQUIRE_CONSENT is set (docs/SURFACES.md).
+    # but a counter. None (not sent): processed unless HWM_REQUIRE_CONSENT is set (docs/NUDGES.md).
     consent: bool | None = Field(None, strict=True)
 
 
