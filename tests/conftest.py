@@ -6,12 +6,15 @@ utterances are short lines written for these tests (no corpus text).
 """
 from __future__ import annotations
 
+import asyncio
 import itertools
+import json
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import pytest
+from faust.topics import Topic
 
 from homework_monitor.contract import Example
 from homework_monitor.stream.config import Settings
@@ -184,3 +187,38 @@ def run_messages(messages, cfg: WindowConfig, clock: Callable[[], float] | None 
         steps.append(step)
         mds.extend(step.microdialogues)
     return state, mds, steps
+
+
+# --- Faust topics, recorded -----------------------------------------------------------------------
+# The agent tests run the real app under test_context(); its sends (events, summaries, dead letters) and
+# its table's changelog writes (Topic.send_soon) are recorded here instead of reaching a broker.
+class Sent:
+    def __init__(self):
+        self.records: list[tuple[str, bytes | str | None, object]] = []
+        self.changelog: list[tuple[str, object, object]] = []
+
+    def on(self, topic: str) -> list[dict]:
+        return [json.loads(v) for t, _, v in self.records if t == topic]
+
+
+@pytest.fixture
+def sent(monkeypatch) -> Sent:
+    rec = Sent()
+
+    async def send(self, *, key=None, value=None, partition=None, **kwargs):
+        rec.records.append((self.get_topic_name(), key, value))
+        fut = asyncio.get_running_loop().create_future()
+        fut.set_result(None)
+        return fut
+
+    def send_soon(self, *, key=None, value=None, partition=None, **kwargs):
+        rec.changelog.append((self.get_topic_name(), key, value))
+        # the table reads the final partition from the returned future's message; the agent waits for
+        # its changelog writes, so the future is resolved as the broker's acknowledgement would
+        fut = self.as_future_message(key=key, value=value, partition=partition or 0)
+        fut.set_result(None)
+        return fut
+
+    monkeypatch.setattr(Topic, "send", send)
+    monkeypatch.setattr(Topic, "send_soon", send_soon)
+    return rec

@@ -8,44 +8,10 @@ the batch is processed: tests poll the recorder until the expected records arriv
 from __future__ import annotations
 
 import asyncio
-import json
 
 import pytest
-from faust.topics import Topic
 
 from homework_monitor.stream.app import create_app
-
-
-class Sent:
-    def __init__(self):
-        self.records: list[tuple[str, bytes | str | None, object]] = []
-        self.changelog: list[tuple[str, object, object]] = []
-
-    def on(self, topic: str) -> list[dict]:
-        return [json.loads(v) for t, _, v in self.records if t == topic]
-
-
-@pytest.fixture
-def sent(monkeypatch) -> Sent:
-    rec = Sent()
-
-    async def send(self, *, key=None, value=None, partition=None, **kwargs):
-        rec.records.append((self.get_topic_name(), key, value))
-        fut = asyncio.get_running_loop().create_future()
-        fut.set_result(None)
-        return fut
-
-    def send_soon(self, *, key=None, value=None, partition=None, **kwargs):
-        rec.changelog.append((self.get_topic_name(), key, value))
-        # the table reads the final partition from the returned future's message; the agent waits for
-        # its changelog writes, so the future is resolved as the broker's acknowledgement would
-        fut = self.as_future_message(key=key, value=value, partition=partition or 0)
-        fut.set_result(None)
-        return fut
-
-    monkeypatch.setattr(Topic, "send", send)
-    monkeypatch.setattr(Topic, "send_soon", send_soon)
-    return rec
 
 
 @pytest.fixture

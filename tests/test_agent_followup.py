@@ -6,7 +6,7 @@ import json
 
 from homework_monitor.stream.followup import history_of
 
-from .test_agent import app, put_all, sent, wait_for  # noqa: F401 - fixtures and helpers
+from .test_agent import app, put_all, wait_for  # noqa: F401 - fixtures and helpers
 
 HISTORY_TOPIC = "homework-monitor-summaries-by-client"
 

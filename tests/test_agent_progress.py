@@ -10,7 +10,6 @@ import asyncio
 import json
 
 import pytest
-from faust.topics import Topic
 
 from homework_monitor.stream.app import create_app
 from homework_monitor.stream.expiry import expired_by_partition
@@ -19,34 +18,9 @@ from homework_monitor.stream.progress import is_marker_key, marker_key
 GRACE = 3600.0
 
 
-class Recorder:
-    def __init__(self):
-        self.sent: list[tuple[str, dict | str]] = []
-        self.changelog: list[tuple[object, object]] = []
-
-    def on(self, topic: str) -> list[dict]:
-        return [v for t, v in self.sent if t == topic]
-
-
 @pytest.fixture
-def rec(monkeypatch) -> Recorder:
-    r = Recorder()
-
-    async def send(self, *, key=None, value=None, partition=None, **kwargs):
-        r.sent.append((self.get_topic_name(), json.loads(value)))
-        fut = asyncio.get_running_loop().create_future()
-        fut.set_result(None)
-        return fut
-
-    def send_soon(self, *, key=None, value=None, partition=None, **kwargs):
-        r.changelog.append((key, value))
-        fut = self.as_future_message(key=key, value=value, partition=partition or 0)
-        fut.set_result(None)
-        return fut
-
-    monkeypatch.setattr(Topic, "send", send)
-    monkeypatch.setattr(Topic, "send_soon", send_soon)
-    return r
+def rec(sent):
+    return sent  # the shared recorder of Topic.send / send_soon (tests/conftest.py)
 
 
 @pytest.fixture
@@ -82,11 +56,11 @@ async def test_position_marker_follows_the_states_and_counts_every_offset(app, r
         await until(lambda: rec.on("session-summaries"))
     key = marker_key("utterances", 0)
     assert app.sessions_table[key] == {"next_offset": 5}
-    assert is_marker_key(rec.changelog[-1][0]) and rec.changelog[-1][1] == {"next_offset": 5}
+    assert is_marker_key(rec.changelog[-1][1]) and rec.changelog[-1][2] == {"next_offset": 5}
     # every marker written after the session state of its batch
-    for i, (k, _) in enumerate(rec.changelog):
+    for i, (_, k, _) in enumerate(rec.changelog):
         if is_marker_key(k):
-            assert i > 0 and rec.changelog[i - 1][0] == "s1"
+            assert i > 0 and rec.changelog[i - 1][1] == "s1"
 
 
 async def test_offsets_already_applied_are_skipped_before_parsing(app, rec, utterance_factory):
@@ -94,14 +68,14 @@ async def test_offsets_already_applied_are_skipped_before_parsing(app, rec, utte
     async with app.monitor_agent.test_context() as agent:
         await put(agent, *a_session(s))
         await until(lambda: rec.on("session-summaries"))
-        before = list(rec.sent)
+        before = list(rec.records)
         agent.sent_offset = 2  # a redelivery of offsets 2.. (as after a restart from an older commit)
         await agent.put(key=b"s1", value=b"{not json, but this offset was applied already")
         await put(agent, s.end())  # offset 3: applied already as well
         agent.sent_offset = 5
         await agent.put(key=b"s9", value=b"{a new broken record")  # offset 5: new
         await until(lambda: rec.on("dead-letter"))
-    assert rec.sent[len(before):] == [("dead-letter", rec.on("dead-letter")[0])]
+    assert [(t, json.loads(v)) for t, _, v in rec.records[len(before):]] == [("dead-letter", rec.on("dead-letter")[0])]
     assert rec.on("dead-letter")[0]["payload"] == "{a new broken record"
     assert app.sessions_table[marker_key("utterances", 0)] == {"next_offset": 6}
 
@@ -123,5 +97,5 @@ async def test_retired_session_is_deleted_after_its_grace_period(app, rec, utter
         gate.expiry_due = expired_by_partition(list(app.sessions_table.items()), clock.advance(1), GRACE)
         await put(agent, other.client("Hi."))
         await until(lambda: app.sessions_table.get("s1") is None)
-    assert ("s1", None) in rec.changelog  # a changelog tombstone: compaction drops the key
+    assert any(k == "s1" and v is None for _, k, v in rec.changelog)  # a changelog tombstone: compaction drops the key
     assert app.sessions_table["s2"]["n_utterances"] == 2
