@@ -3,9 +3,13 @@
 Starts tansu, tritonserver (CPU, python backend) and one Faust worker on free ports, replays the demo
 sessions cloned N times with staggered starts at real pace (speed 1) for --duration seconds, and
 prints: latency p50/p95/p99 (from sending the utterance that completed a microdialogue to reading its
-event), events/s, microdialogues/s, worker RSS, and where the time goes (worker-side histograms).
+event), events/s, microdialogues/s, Triton's mean batch, worker and tritonserver RSS (sampled over the
+run), consumer lag (records behind, sampled), where the time goes (worker-side histograms), and the
+accounting of every input (records on the utterances topic = the worker's outcomes, summed).
 
   python benchmarks/stream_latency.py --sessions 200 --duration 150
+  python benchmarks/stream_latency.py --sessions 50,200,500,1000 --duration 180 --out benchmarks/results/sweep.json
+  python benchmarks/stream_latency.py --sessions 200 --duration 600 --sample-every 10 --out benchmarks/results/soak.json
 """
 from __future__ import annotations
 
@@ -62,18 +66,75 @@ def histogram_quantiles(text: str, name: str, qs=(0.5, 0.99)) -> dict[str, float
             for q in qs} if total else {}
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sessions", type=int, default=200)
-    p.add_argument("--duration", type=float, default=150.0, help="seconds of replay (bounded load)")
-    p.add_argument("--stagger", type=float, default=None, help="default: spread starts over 30 s")
-    p.add_argument("--speed", type=float, default=1.0)
-    a = p.parse_args()
+def tree_rss_mb(pid: int) -> float:
+    """RSS of a process and its children (tritonserver + its python-backend stub)."""
+    total = rss_mb(pid)
+    try:
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        kids = []
+    return total + sum(tree_rss_mb(int(k)) for k in kids)
+
+
+def counter_sum(metrics: str, prefix: str) -> float:
+    return sum(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith(prefix))
+
+
+def outcomes(metrics: str) -> dict[str, float]:
+    return {line.split('result="')[1].split('"')[0]: float(line.split()[-1])
+            for line in metrics.splitlines() if line.startswith("hwm_utterances_total{")}
+
+
+class Sampler(threading.Thread):
+    """Every ``every`` seconds: worker RSS, tritonserver RSS (with its stub) and the consumer group's lag
+    in records (end offsets of the utterances topic minus the worker's committed offsets)."""
+
+    def __init__(self, settings, worker_pid: int, triton_pid: int, every: float):
+        super().__init__(daemon=True)
+        self.settings, self.worker_pid, self.triton_pid, self.every = settings, worker_pid, triton_pid, every
+        self.samples: list[dict] = []
+        self.stop = threading.Event()
+
+    def lag(self, admin, consumer) -> int | None:
+        from kafka import TopicPartition
+        parts = [TopicPartition(self.settings.topics.utterances, i) for i in range(self.settings.topic_partitions)]
+        try:
+            end = consumer.end_offsets(parts)
+            committed = admin.list_consumer_group_offsets(self.settings.app_id)
+        except Exception:  # noqa: BLE001 - a missed sample, not a failed run
+            return None
+        return int(sum(end[tp] - (committed[tp].offset if tp in committed and committed[tp].offset >= 0 else 0)
+                       for tp in parts))
+
+    def run(self) -> None:
+        from kafka import KafkaAdminClient, KafkaConsumer
+        kw = self.settings.kafka_client_kwargs()
+        admin, consumer = KafkaAdminClient(**kw), KafkaConsumer(**kw)
+        t0 = time.time()
+        while not self.stop.wait(self.every):
+            self.samples.append({"t_s": round(time.time() - t0, 1), "worker_rss_mb": round(rss_mb(self.worker_pid), 1),
+                                 "triton_rss_mb": round(tree_rss_mb(self.triton_pid), 1),
+                                 "lag_records": self.lag(admin, consumer)})
+        admin.close()
+        consumer.close()
+
+
+def topic_records(settings) -> int:
+    """Records ever written to the utterances topic: the replay's plus the worker's own silence checks."""
+    from kafka import KafkaConsumer, TopicPartition
+    c = KafkaConsumer(**settings.kafka_client_kwargs())
+    parts = [TopicPartition(settings.topics.utterances, i) for i in range(settings.topic_partitions)]
+    n = sum(c.end_offsets(parts).values())
+    c.close()
+    return n
+
+
+def run_once(n_sessions: int, a: argparse.Namespace) -> dict:
     base = read_sessions([demo_sessions_dir()])
-    copies = -(-a.sessions // len(base))
-    stagger = a.stagger if a.stagger is not None else 30.0 / a.sessions
+    copies = -(-n_sessions // len(base))
+    stagger = a.stagger if a.stagger is not None else 30.0 / n_sessions
     keep = {f"{s['session_id']}#{c}" for c in range(copies) for s in base}
-    keep = set(sorted(keep, key=lambda k: int(k.split("#")[1]))[: a.sessions])
+    keep = set(sorted(keep, key=lambda k: int(k.split("#")[1]))[:n_sessions])
     msgs = [m for m in schedule(base, a.speed, stagger, copies) if m.at <= a.duration and m.key in keep]
     run_dir = Path(tempfile.mkdtemp(prefix="hwm-bench-"))
     log_dir = run_dir / "logs"
@@ -103,53 +164,98 @@ def main() -> None:
 
         th = threading.Thread(target=consume, daemon=True)
         th.start()
-        rss_samples = []
+        sampler = Sampler(settings, worker_pid, stack["tritonserver"].pid, a.sample_every)
+        sampler.start()
 
         def on_sent(m, t):
             if m.seq is not None:
                 sent[(m.key, m.seq)] = t
-            if len(sent) % 200 == 0:
-                rss_samples.append(rss_mb(worker_pid))
 
         t0 = time.time()
         counts = replay(msgs, make_producer(settings), settings.topics.utterances, progress=False, on_sent=on_sent)
-        time.sleep(5)  # let the tail drain
+        replay_s = time.time() - t0
+        import urllib.request
+
+        def worker_metrics() -> str:
+            return urllib.request.urlopen(f"http://127.0.0.1:{ports.worker_metrics}/metrics").read().decode()
+
+        # Drain: every record on the topic has an outcome (or the drain times out, which the output shows).
+        deadline = time.time() + a.drain_timeout
+        time.sleep(2)
+        while time.time() < deadline and sum(outcomes(worker_metrics()).values()) < topic_records(settings):
+            time.sleep(1)
+        time.sleep(2)  # the last events reach the reader
         stop.set()
         th.join(5)
-        wall = time.time() - t0
-        import urllib.request
-        metrics = urllib.request.urlopen(f"http://127.0.0.1:{ports.worker_metrics}/metrics").read().decode()
+        sampler.stop.set()
+        sampler.join(15)
+        metrics = worker_metrics()
+        records = topic_records(settings)
         triton = urllib.request.urlopen(f"http://127.0.0.1:{ports.triton_metrics}/metrics").read().decode()
-        rss_samples.append(rss_mb(worker_pid))
     lat = np.array([(t - sent[(e["session_id"], e["trigger_seq"])]) * 1000 for t, e in events
                     if e.get("trigger_seq") is not None and (e["session_id"], e["trigger_seq"]) in sent])
     cls_mean, cls_n = histogram_mean(metrics, "hwm_classifier_request_seconds")
     bs_mean, _ = histogram_mean(metrics, "hwm_classifier_batch_size")
-    q = [v for v in triton.splitlines() if v.startswith(("nv_inference_queue_duration_us{", "nv_inference_compute_infer_duration_us{", "nv_inference_request_success{", "nv_inference_exec_count{"))]
+    q = [v for v in triton.splitlines() if v.startswith((
+        "nv_inference_queue_duration_us{", "nv_inference_compute_infer_duration_us{", "nv_inference_request_success{",
+        "nv_inference_exec_count{", "nv_inference_count{"))]
     tri = {line.split("{")[0]: float(line.split()[-1]) for line in q}
     req = tri.get("nv_inference_request_success", 0) or 1
-    print(json.dumps({
-        "command": " ".join(["python"] + sys.argv),
-        "machine": f"{platform.node()}: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, CPU tritonserver",
-        "sessions": a.sessions, "duration_s": a.duration, "speed": a.speed, "messages": counts,
-        "utterances_per_s": round(counts["utterance"] / wall, 1),
-        "events": len(lat), "events_per_s": round(len(lat) / wall, 2),
-        "events_worker_metric": sum(float(line.split()[-1]) for line in metrics.splitlines()
-                                    if line.startswith("hwm_homework_events_total{")),
-        "microdialogues": sum(float(line.split()[-1]) for line in metrics.splitlines()
-                              if line.startswith("hwm_microdialogues_total ")),
+    got = outcomes(metrics)
+    samples = sampler.samples
+    load = os.getloadavg()
+    return {
+        "command": " ".join(["python", "benchmarks/stream_latency.py", *sys.argv[1:]]),
+        "machine": f"{platform.node()}: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
+                   f"CPU tritonserver, load at end {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}",
+        "sessions": n_sessions, "duration_s": a.duration, "speed": a.speed, "messages": counts,
+        "utterances_per_s": round(counts["utterance"] / replay_s, 1),
+        "events": len(lat), "events_per_s": round(len(lat) / replay_s, 2),
+        "microdialogues": counter_sum(metrics, "hwm_microdialogues_total "),
+        "microdialogues_per_s": round(counter_sum(metrics, "hwm_microdialogues_total ") / replay_s, 1),
         "latency_ms": {"p50": round(float(np.percentile(lat, 50)), 1), "p95": round(float(np.percentile(lat, 95)), 1),
                        "p99": round(float(np.percentile(lat, 99)), 1), "max": round(float(lat.max()), 1)} if len(lat) else None,
         "worker_side_latency": histogram_quantiles(metrics, "hwm_utterance_to_event_seconds"),
         "inbound_lag_kafka_to_worker": histogram_quantiles(metrics, "hwm_inbound_lag_seconds"),
-        "worker_rss_mb": {"max": round(max(rss_samples), 1), "end": round(rss_samples[-1], 1)},
+        "consumer_lag_records": {"max": max((s["lag_records"] or 0) for s in samples) if samples else None,
+                                 "end": samples[-1]["lag_records"] if samples else None},
+        "worker_rss_mb": {"first": samples[0]["worker_rss_mb"], "max": max(s["worker_rss_mb"] for s in samples),
+                          "end": samples[-1]["worker_rss_mb"]} if samples else None,
+        "triton_rss_mb": {"first": samples[0]["triton_rss_mb"], "max": max(s["triton_rss_mb"] for s in samples),
+                          "end": samples[-1]["triton_rss_mb"]} if samples else None,
+        # in = records on the utterances topic (replayed messages + the worker's own silence checks);
+        # out = the worker's outcomes: applied ("ok"), control, skipped (duplicate/late/replayed/no_consent),
+        # dead_letter. Equal when nothing was lost.
+        "accounting": {"in": records, "outcomes": got, "accounted": sum(got.values()),
+                       "balanced": sum(got.values()) == records},
         "where_time_goes": {
             "classifier_call_ms_mean": round(cls_mean * 1000, 1), "classifier_calls": int(cls_n),
             "classifier_batch_mean": round(bs_mean, 2),
+            "triton_batch_mean": round(tri.get("nv_inference_count", 0) / max(tri.get("nv_inference_exec_count", 0), 1), 2),
             "triton_queue_us_per_request": round(tri.get("nv_inference_queue_duration_us", 0) / req, 1),
             "triton_compute_us_per_request": round(tri.get("nv_inference_compute_infer_duration_us", 0) / req, 1),
             "triton_requests": int(req), "triton_executions": int(tri.get("nv_inference_exec_count", 0))},
-    }, indent=2))
+        "samples": samples,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sessions", default="200", help="concurrent sessions; a comma list runs a sweep")
+    p.add_argument("--duration", type=float, default=150.0, help="seconds of replay (bounded load)")
+    p.add_argument("--stagger", type=float, default=None, help="default: spread starts over 30 s")
+    p.add_argument("--speed", type=float, default=1.0)
+    p.add_argument("--sample-every", type=float, default=5.0, help="seconds between RSS / lag samples")
+    p.add_argument("--drain-timeout", type=float, default=120.0)
+    p.add_argument("--out", type=Path, default=None, help="also write the results (a JSON list) here")
+    a = p.parse_args()
+    results = []
+    for n in [int(x) for x in a.sessions.split(",")]:
+        results.append(run_once(n, a))
+        print(json.dumps({k: v for k, v in results[-1].items() if k != "samples"}, indent=2), flush=True)
+        if a.out:
+            a.out.parent.mkdir(parents=True, exist_ok=True)
+            a.out.write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

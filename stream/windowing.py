@@ -11,7 +11,7 @@ fake clock. State is a frozen dataclass that round-trips through JSON for the Fa
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Literal
 
 from homework_monitor.contract import Example
@@ -69,6 +69,11 @@ class WindowConfig:
     silence_flush_s: float = 8.0
 
 
+def _turn_json(t: WindowTurn | None) -> dict | None:
+    return None if t is None else {"speaker": t.speaker, "text": t.text, "first_seq": t.first_seq,
+                                   "last_seq": t.last_seq, "start_s": t.start_s, "end_s": t.end_s}
+
+
 @dataclass(frozen=True)
 class SessionState:
     session_id: str
@@ -101,7 +106,14 @@ class SessionState:
     nudges_fired: tuple[str, ...] = ()  # rules already fired: each fires at most once per session
 
     def to_json(self) -> dict:
-        d = asdict(self)
+        # Field by field: dataclasses.asdict deep-copies every value recursively, and this runs once
+        # per utterance (a tenth of the worker's time in benchmarks/stream_path.py).
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["history"] = [_turn_json(t) for t in self.history]
+        d["pending_context"] = [_turn_json(t) for t in self.pending_context]
+        d["open_turn"] = _turn_json(self.open_turn)
+        d["pending_therapist"] = _turn_json(self.pending_therapist)
+        d["nudges_fired"] = list(self.nudges_fired)
         for name in ("assignments", "previous_homework", "reviews"):
             d[name] = [a.model_dump() for a in getattr(self, name)]
         return d
@@ -170,10 +182,15 @@ def _flush_pending(s: SessionState, now: float) -> tuple[SessionState, list[Micr
                    pending_context=(), n_microdialogues=s.n_microdialogues + 1), [md]
 
 
+SESSION_META = ("therapist_id", "client_id", "program_id", "scheduled_minutes")
+
+
+def _meta(m: Utterance | SessionStart) -> dict:
+    return {k: getattr(m, k) for k in SESSION_META if getattr(m, k) is not None}
+
+
 def _with_meta(s: SessionState, m: Utterance | SessionStart) -> SessionState:
-    return replace(s, **{k: getattr(m, k) for k in
-                         ("therapist_id", "client_id", "program_id", "scheduled_minutes")
-                         if getattr(m, k) is not None})
+    return replace(s, **_meta(m))
 
 
 def apply_utterance(s: SessionState, u: Utterance, now: float, cfg: WindowConfig) -> Step:
@@ -181,16 +198,17 @@ def apply_utterance(s: SessionState, u: Utterance, now: float, cfg: WindowConfig
         return Step(s, outcome="duplicate")  # redelivery: at-least-once input, idempotent state
     if s.ended:
         return Step(s, outcome="late")
-    s = _with_meta(s, u)
-    s = replace(s, missing_utterances=s.missing_utterances + (u.seq - s.last_seq - 1),
-                last_seq=u.seq, n_utterances=s.n_utterances + 1, last_activity_at=now,
-                first_start_s=s.first_start_s if s.first_start_s is not None else u.start_s,
-                last_time_s=u.end_s if u.end_s is not None else (u.start_s if u.start_s is not None
-                                                               else s.last_time_s))
-    out: list[Microdialogue] = []
+    # One replace for the bookkeeping and, when the speaker continues, the turn (a 27-field state is
+    # rebuilt on every replace, once per utterance).
+    update = _meta(u)
+    update.update(missing_utterances=s.missing_utterances + (u.seq - s.last_seq - 1),
+                  last_seq=u.seq, n_utterances=s.n_utterances + 1, last_activity_at=now,
+                  first_start_s=s.first_start_s if s.first_start_s is not None else u.start_s,
+                  last_time_s=u.end_s if u.end_s is not None else (u.start_s if u.start_s is not None
+                                                                 else s.last_time_s))
     if s.open_turn is not None and s.open_turn.speaker == u.speaker:
-        return Step(replace(s, open_turn=s.open_turn.extended(u)))
-    s, out = _close_open_turn(s, cfg, now)
+        return Step(replace(s, open_turn=s.open_turn.extended(u), **update))
+    s, out = _close_open_turn(replace(s, **update), cfg, now)
     out = [replace(md, trigger_seq=u.seq) for md in out]
     return Step(replace(s, open_turn=WindowTurn.of(u)), tuple(out))
 

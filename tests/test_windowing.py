@@ -381,3 +381,14 @@ def test_every_therapist_utterance_is_emitted_exactly_once_with_silences_interle
         assert md.client is None or md.client.first_seq > md.therapist.last_seq
     assert end.state.n_microdialogues == len(mds)
     assert not end.state.waiting
+
+
+def test_state_json_keeps_the_stored_layout(utterance_factory):
+    """to_json is written field by field for speed; what it stores is what asdict stored (states written
+    by earlier workers and by this one recover alike)."""
+    from dataclasses import asdict
+    state = replace(_rich_state(utterance_factory), nudges_fired=("review_previous",))
+    expected = asdict(state)
+    for name in ("assignments", "previous_homework", "reviews"):
+        expected[name] = [a.model_dump() for a in getattr(state, name)]
+    assert json.loads(json.dumps(state.to_json())) == json.loads(json.dumps(expected))

@@ -1,0 +1,87 @@
+"""PNG plots for benchmarks/RESULTS.md from stream_latency.py's JSON output.
+
+  python benchmarks/plots.py --sweep benchmarks/results/sweep.json --soak benchmarks/results/soak.json \
+      --out benchmarks/results
+
+Writes latency_vs_sessions.png (p50/p95/p99 utterance→event against concurrent sessions, with the
+300 ms target) and soak_rss.png (worker and tritonserver RSS, and consumer lag, over the soak).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+TARGET_P99_MS = 300
+
+
+def latency_vs_sessions(runs: list[dict], out: Path) -> Path:
+    runs = sorted((r for r in runs if r.get("latency_ms")), key=lambda r: r["sessions"])
+    x = [r["sessions"] for r in runs]
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    for q, style in (("p50", "o-"), ("p95", "s-"), ("p99", "^-")):
+        ax.plot(x, [r["latency_ms"][q] for r in runs], style, label=q)
+    ax.axhline(TARGET_P99_MS, color="grey", linestyle="--", linewidth=1, label=f"p99 target {TARGET_P99_MS} ms")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xticks(x, [str(v) for v in x])
+    ax.set_xlabel("concurrent real-pace sessions (one worker, CPU Triton, 2 cores)")
+    ax.set_ylabel("utterance → homework event (ms)")
+    ax.set_title("Latency against load")
+    ax.legend()
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    path = out / "latency_vs_sessions.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def soak_rss(run: dict, out: Path) -> Path:
+    samples = run["samples"]
+    t = [s["t_s"] / 60 for s in samples]
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    ax.plot(t, [s["worker_rss_mb"] for s in samples], label="worker RSS")
+    ax.plot(t, [s["triton_rss_mb"] for s in samples], label="tritonserver + stub RSS")
+    ax.set_xlabel("minutes")
+    ax.set_ylabel("MB")
+    ax.set_ylim(bottom=0)
+    ax.set_title(f"Soak: {run['sessions']} real-pace sessions, {run['duration_s'] / 60:.0f} minutes")
+    lag = ax.twinx()
+    lag.plot(t, [s["lag_records"] or 0 for s in samples], color="grey", linewidth=0.8, label="consumer lag")
+    lag.set_ylabel("consumer lag (records)")
+    lag.set_ylim(bottom=0)
+    lines = ax.get_legend_handles_labels()
+    more = lag.get_legend_handles_labels()
+    ax.legend(lines[0] + more[0], lines[1] + more[1], loc="center right")
+    fig.tight_layout()
+    path = out / "soak_rss.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> list[Path]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sweep", type=Path)
+    p.add_argument("--soak", type=Path)
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    a = p.parse_args(argv)
+    a.out.mkdir(parents=True, exist_ok=True)
+    written = []
+    if a.sweep:
+        written.append(latency_vs_sessions(json.loads(a.sweep.read_text()), a.out))
+    if a.soak:
+        written.append(soak_rss(json.loads(a.soak.read_text())[-1], a.out))
+    for path in written:
+        print(path)
+    return written
+
+
+if __name__ == "__main__":
+    main()
