@@ -200,7 +200,9 @@ def start_workers(stack: ServiceStack, settings: Settings, log_dir: Path, metric
             wait_for_log(proc.log_path, "classifier ready", 90)
         except TimeoutError as exc:
             raise RuntimeError(f"{name} not ready: {exc}\n--- {proc.log_path} (tail) ---\n{proc.tail(40)}") from exc
-    wait_for_group(stack, names, settings.topic_partitions, timeout_s)
+    settled = wait_for_group(stack, names, settings.topic_partitions, timeout_s)
+    if exited := [n for n in names if n not in settled]:
+        raise RuntimeError(f"{exited} exited while the group formed; logs in {log_dir}")
     return ports
 
 
