@@ -2,15 +2,18 @@
 
 Used by ``homework-monitor demo``, the integration tests and the benchmarks, so all three run the
 same real services. Each service logs to its own file under ``<run_dir>/logs``.
+``HWM_LOCAL_WORKERS`` workers share one consumer group (:func:`start_workers`); tritonserver runs
+``HWM_TRITON_INSTANCES`` model instances.
 """
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +21,13 @@ from homework_monitor.stream.config import Settings
 
 from .broker import create_topics, tansu_command, wait_for_port
 from .services import ServiceStack, free_port, scrubbed_environ
-from .triton_runtime import prepare_triton_dist, tritonserver_command, wait_until_ready
+from .triton_runtime import (
+    configured_instances,
+    prepare_triton_dist,
+    repository_with_instances,
+    tritonserver_command,
+    wait_until_ready,
+)
 
 
 @dataclass(frozen=True)
@@ -92,10 +101,19 @@ def start_broker(stack: ServiceStack, settings: Settings, ports: Ports, log_dir:
     return settings
 
 
+def served_repository(settings: Settings) -> Path:
+    """``settings.model_repository``, or a copy under the run dir whose CPU config runs
+    ``settings.triton_instances`` model instances where the config says otherwise."""
+    if configured_instances(settings.model_repository) == [settings.triton_instances]:
+        return settings.model_repository
+    return repository_with_instances(settings.model_repository, _made(settings.run_dir) / "model-repository",
+                                     settings.triton_instances)
+
+
 def start_triton(stack: ServiceStack, settings: Settings, ports: Ports, log_dir: Path) -> Settings:
     dist = prepare_triton_dist(settings.triton_dist_dir)
     address = settings.triton_bind_address
-    cmd = tritonserver_command(dist, settings.model_repository, ports.triton_http, ports.triton_grpc,
+    cmd = tritonserver_command(dist, served_repository(settings), ports.triton_http, ports.triton_grpc,
                                ports.triton_metrics, address=address)
     host = "127.0.0.1" if address in ("0.0.0.0", "::", "") else address  # a wildcard bind answers on loopback
     log = log_dir / "tritonserver.log"
@@ -124,6 +142,68 @@ def start_worker(stack: ServiceStack, settings: Settings, log_dir: Path, worker_
     # The group join completes about half a session timeout after start (tansu): wait for assignment.
     wait_for_log(log, "partitions assigned", 60)
     return port
+
+
+def worker_ids(count: int) -> list[str]:
+    return [f"worker-{i}" for i in range(1, count + 1)]
+
+
+ASSIGNED = re.compile(r"partitions assigned: \S+ \[([\d, ]*)\]")
+
+
+def assigned_partitions(log_path: Path) -> list[int] | None:
+    """The source partitions a worker's latest assignment gave it (its log), None before the first."""
+    try:
+        found = ASSIGNED.findall(log_path.read_text(errors="replace"))
+    except FileNotFoundError:
+        return None
+    return [int(p) for p in found[-1].split(",") if p.strip()] if found else None
+
+
+def group_assignment(stack: ServiceStack, names: Sequence[str]) -> dict[str, list[int] | None]:
+    """Each running worker's latest assignment (stopped workers are left out)."""
+    return {n: assigned_partitions(stack[n].log_path) for n in names if stack[n].is_running}
+
+
+def wait_for_group(stack: ServiceStack, names: Sequence[str], partitions: int, timeout_s: float) -> dict[str, list[int]]:
+    """Wait until the running workers among ``names`` split the source partitions among them: each was
+    assigned some (at least one while there are as many partitions as workers), no partition twice,
+    none left out. A rebalance in progress shows as an overlap or a worker without an assignment yet."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        now = group_assignment(stack, names)
+        owned = [p for parts in now.values() for p in parts or ()]
+        if (now and all(parts is not None for parts in now.values())
+                and sorted(owned) == list(range(partitions))
+                and (len(now) > partitions or all(now.values()))):
+            return {n: list(parts or ()) for n, parts in now.items()}
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"workers did not settle on {partitions} partitions in {timeout_s:.0f}s: {now}")
+        time.sleep(0.2)
+
+
+def start_workers(stack: ServiceStack, settings: Settings, log_dir: Path, metrics_ports: Sequence[int] = (),
+                  extra_env: Mapping[str, str] | None = None, timeout_s: float = 120) -> dict[str, int]:
+    """Start ``settings.local_workers`` workers (worker-1..N) in one consumer group, all at once, each
+    with its own metrics port (``metrics_ports`` in order, else free ones) and its own state dir
+    (``<run_dir>/faust-<worker id>``); wait until the group has split the partitions among them.
+    Returns each worker's metrics port."""
+    names = worker_ids(settings.local_workers)
+    ports = {n: metrics_ports[i] if i < len(metrics_ports) else free_port() for i, n in enumerate(names)}
+    for name in names:  # started together: one rebalance for all, rather than one per worker
+        log = log_dir / f"{name}.log"
+        env = {**worker_env(settings, name, ports[name]), **(extra_env or {})}
+        stack.add(name, worker_command(), env, log, lambda: None, cwd=_made(settings.run_dir))
+    for name in names:
+        proc = stack[name]
+        try:
+            wait_for_log(proc.log_path, "classifier ready", 90)
+        except TimeoutError as exc:
+            raise RuntimeError(f"{name} not ready: {exc}\n--- {proc.log_path} (tail) ---\n{proc.tail(40)}") from exc
+    settled = wait_for_group(stack, names, settings.topic_partitions, timeout_s)
+    if exited := [n for n in names if n not in settled]:
+        raise RuntimeError(f"{exited} exited while the group formed; logs in {log_dir}")
+    return ports
 
 
 def start_sink(stack: ServiceStack, settings: Settings, log_dir: Path, name: str = "sink",

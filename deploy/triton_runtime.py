@@ -86,6 +86,8 @@ __all__ = [
     "tritonserver_command",
     "wait_until_ready",
     "find_libpython_dir",
+    "configured_instances",
+    "repository_with_instances",
 ]
 
 import homework_monitor
@@ -315,3 +317,50 @@ def wait_until_ready(
         lines = Path(log_path).read_text(errors="replace").splitlines()[-40:]
         msg += "\n--- log tail ---\n" + "\n".join(lines)
     raise TimeoutError(msg)
+
+
+def _config_path(model_dir: Path, config_name: str | None) -> Path:
+    """``config.pbtxt``, or ``configs/<name>.pbtxt`` (what ``--model-config-name=<name>`` loads)."""
+    return model_dir / "config.pbtxt" if config_name is None else model_dir / "configs" / f"{config_name}.pbtxt"
+
+
+def _model_config(path: Path):
+    from google.protobuf import text_format  # noqa: PLC0415 - tritonclient's schema, only when asked
+    from tritonclient.grpc import model_config_pb2  # noqa: PLC0415
+
+    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+
+
+def configured_instances(model_repository: Path, config_name: str | None = None) -> list[int]:
+    """The ``count`` of each instance group of our model's config (Triton reads an unset count as 1)."""
+    config = _model_config(_config_path(Path(model_repository) / MODEL_NAME, config_name))
+    return [group.count or 1 for group in config.instance_group]
+
+
+def repository_with_instances(model_repository: Path, dest: Path, instances: int,
+                              config_name: str | None = None) -> Path:
+    """A model repository at ``dest`` serving ``model_repository``'s model with ``instances`` model
+    instances in every instance group of the chosen config; returns ``dest``.
+
+    The model's files (version folder with the artifact, warmup samples) are linked, not copied; the
+    configs are copied and the chosen one is rewritten through Triton's own protobuf schema.
+    """
+    from google.protobuf import text_format  # noqa: PLC0415
+
+    src = Path(model_repository).resolve() / MODEL_NAME
+    model = Path(dest) / MODEL_NAME
+    shutil.rmtree(model, ignore_errors=True)
+    model.mkdir(parents=True)
+    for entry in src.iterdir():
+        if entry.name == "configs":
+            shutil.copytree(entry, model / entry.name)
+        elif entry.name == "config.pbtxt":
+            shutil.copy2(entry, model / entry.name)
+        elif entry.name != "__pycache__":
+            (model / entry.name).symlink_to(entry, target_is_directory=entry.is_dir())
+    path = _config_path(model, config_name)
+    config = _model_config(path)
+    for group in config.instance_group:
+        group.count = instances
+    path.write_text(text_format.MessageToString(config))
+    return Path(dest)

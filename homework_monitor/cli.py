@@ -399,7 +399,7 @@ def cmd_demo(a, settings: Settings) -> None:
         start_sink,
         start_triton,
         start_web,
-        start_worker,
+        start_workers,
     )
     from homework_monitor.deploy.services import ServiceStack
     from homework_monitor.producers.replay import demo_sessions_dir, make_producer, read_sessions, replay, schedule
@@ -421,8 +421,9 @@ def cmd_demo(a, settings: Settings) -> None:
             print(f"  broker (tansu)   127.0.0.1:{ports.kafka}")
             settings = start_triton(stack, settings, ports, log_dir)
             print(f"  tritonserver     grpc {settings.triton_url}, metrics http://127.0.0.1:{ports.triton_metrics}/metrics")
-            start_worker(stack, settings, log_dir, "worker-1", ports.worker_metrics)
-            print(f"  faust worker     metrics http://127.0.0.1:{ports.worker_metrics}/metrics")
+            metrics_ports = [ports.worker_metrics + i for i in range(settings.local_workers)]
+            for name, port in start_workers(stack, settings, log_dir, metrics_ports).items():
+                print(f"  faust {name:<10} metrics http://127.0.0.1:{port}/metrics")
             start_sink(stack, settings, log_dir)
             print(f"  store sink       {safe_url(store_url(settings))}")
             web_url = start_web(stack, settings, log_dir, a.web_port or settings.web.port)
@@ -488,7 +489,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--stagger", type=float, default=1.5, help="seconds between session starts")
     d.add_argument("--kafka-port", type=int, default=9092)
     d.add_argument("--triton-port", type=int, default=8000, help="http; grpc and metrics are +1, +2")
-    d.add_argument("--metrics-port", type=int, default=9100)
+    d.add_argument("--metrics-port", type=int, default=9100,
+                   help="worker-1's metrics port; worker-N (HWM_LOCAL_WORKERS) gets this + N - 1")
     d.add_argument("--web-port", type=int, default=None, help="the web app's port (default HWM_WEB_PORT, 8080)")
     d.set_defaults(func=cmd_demo)
 

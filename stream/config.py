@@ -83,7 +83,14 @@ class Settings(BaseSettings):
     topics: TopicNames = Field(default_factory=TopicNames)
     store: StoreSettings = Field(default_factory=StoreSettings)
     web: WebSettings = Field(default_factory=WebSettings)
+    # Partitions of every session-keyed topic: the most workers of one group that get work (docs/SCALING.md).
     topic_partitions: int = Field(4, ge=1)
+    # The local stack (deploy/local_stack.py, `homework-monitor demo`) starts this many workers in one
+    # consumer group, worker-1..N, each with its own metrics port and state dir. In production the
+    # orchestrator sets the count (the StatefulSet's replicas). Workers beyond the partition count idle.
+    local_workers: int = Field(1, ge=1)
+    # Model instances in the local stack's tritonserver (the config's instance_group count).
+    triton_instances: int = Field(1, ge=1)
     app_id: str = "homework-monitor"
     worker_id: str = "worker-1"
     broker_session_timeout_s: float = 10.0  # tansu completes group joins only after half of it
