@@ -110,3 +110,39 @@ def test_the_gpu_run_config_takes_the_instances_device_and_provider(gpu_throughp
     assert _params(run)["execution_provider"] == "tensorrt"
     original = _config(GPU_CONFIG.read_text())
     assert [s.batch_size for s in run.model_warmup] == [s.batch_size for s in original.model_warmup]
+
+
+def _installed_server(root: Path) -> Path:
+    """The layout of NVIDIA's container: bin/tritonserver with backends/ beside bin/."""
+    server = root / "bin" / "tritonserver"
+    server.parent.mkdir(parents=True)
+    server.write_text("#!/bin/sh\n")
+    server.chmod(0o755)
+    (root / "backends" / "python").mkdir(parents=True)
+    return server
+
+
+def test_an_installed_tritonserver_runs_with_the_package_on_pythonpath(tmp_path, monkeypatch):
+    from homework_monitor.deploy.triton_runtime import PACKAGE_PARENT, installed_triton_dist, tritonserver_command
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    dist = installed_triton_dist(_installed_server(tmp_path / "opt"))
+    assert (dist.server_bin, dist.backend_dir) == (tmp_path / "opt" / "bin" / "tritonserver", tmp_path / "opt" / "backends")
+    assert dist.env["PYTHONPATH"].split(":") == [str(PACKAGE_PARENT), "/elsewhere"]
+    cmd = tritonserver_command(dist, tmp_path / "models", extra_args=["--model-config-name=gpu"])
+    assert f"--backend-directory={tmp_path / 'opt' / 'backends'}" in cmd and cmd[-1] == "--model-config-name=gpu"
+    with pytest.raises(FileNotFoundError, match="no python backend"):
+        installed_triton_dist(tmp_path / "bare" / "bin" / "tritonserver")
+
+
+def test_without_the_pytriton_bundle_the_tritonserver_on_path_is_used(tmp_path, monkeypatch):
+    from homework_monitor.deploy import triton_runtime
+
+    def no_bundle(dist_dir):
+        raise FileNotFoundError("pytriton is not installed")
+    monkeypatch.setattr(triton_runtime, "prepare_triton_dist", no_bundle)
+    monkeypatch.setenv("PATH", str(tmp_path / "none"))
+    with pytest.raises(FileNotFoundError, match="no tritonserver on PATH"):
+        triton_runtime.triton_dist(tmp_path / "dist")
+    server = _installed_server(tmp_path / "opt")
+    monkeypatch.setenv("PATH", str(server.parent))
+    assert triton_runtime.triton_dist(tmp_path / "dist").server_bin == server
