@@ -174,7 +174,8 @@ def main() -> None:
     levels = [int(x) for x in a.concurrency.split(",")]
     dist = preflight(a.device, a.tritonserver, a.dist_dir)
     gpu = a.device != "cpu"
-    result = {"command": " ".join([Path(sys.executable).name, *sys.argv]),
+    root = str(Path(__file__).resolve().parent.parent) + "/"
+    result = {"command": " ".join(["python", *(x.removeprefix(root) for x in sys.argv)]),
               "machine": triton_load.machine("gpu" if gpu else "gpu config on KIND_CPU (dry run)"),
               "device": a.device, "tritonserver": str(dist.server_bin),
               "targets": {"microdialogues_per_s": TARGET_MD_PER_S, "paper_microdialogues": PAPER_MICRODIALOGUES,
