@@ -104,23 +104,20 @@ _EXECUTION_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionPro
                         "tensorrt": "TensorrtExecutionProvider"}
 
 
-def _providers(device: str, fp16: bool, max_bucket: int = 64, max_length: int = 128) -> list:
+def _providers(device: str, fp16: bool) -> list:
     provider = execution_provider(device)
     if provider == "CPUExecutionProvider":
         return [provider]
     device_id = int(device.partition(":")[2] or 0)
     cuda = ("CUDAExecutionProvider", {"device_id": device_id})
     if provider == "TensorrtExecutionProvider":
-        # TensorRT builds its own fp16 engines (trt_fp16_enable) from the fp32 graph; one optimisation
-        # profile spans every bucket shape (1..max_bucket rows, 1..max_length tokens), so a new bucket
-        # shape does not rebuild an engine. Nodes TensorRT does not take run on CUDA.
-        shapes = {k: ",".join(f"{n}:{r}x{c}" for n in ONNX_INPUTS)
-                  for k, (r, c) in {"min": (1, 1), "opt": (max_bucket, 64), "max": (max_bucket, max_length)}.items()}
+        # TensorRT builds its own fp16 engines (trt_fp16_enable) from the stored graph; the fused
+        # com.microsoft ops are no TensorRT layers and run on CUDA. No explicit optimisation profiles:
+        # they must name every dynamic input of every TensorRT subgraph, and those are internal tensors
+        # here; engines are rebuilt when a bucket shape outgrows them, and cached.
         return [(provider, {"device_id": device_id, "trt_fp16_enable": fp16,
                             "trt_engine_cache_enable": True,
-                            "trt_engine_cache_path": os.environ.get("HWM_TRT_CACHE", "/tmp/hwm-trt"),
-                            "trt_profile_min_shapes": shapes["min"], "trt_profile_opt_shapes": shapes["opt"],
-                            "trt_profile_max_shapes": shapes["max"]}),
+                            "trt_engine_cache_path": os.environ.get("HWM_TRT_CACHE", "/tmp/hwm-trt")}),
                 cuda, "CPUExecutionProvider"]
     return [cuda, "CPUExecutionProvider"]
 
@@ -179,7 +176,7 @@ class OnnxEncoder:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         path = folder / ONNX_ENCODER
         graph = fp16_graph(path) if converts_to_fp16(device, fp16) else str(path)
-        self.session = ort.InferenceSession(graph, opts, providers=_providers(device, fp16, max_bucket, max_length))
+        self.session = ort.InferenceSession(graph, opts, providers=_providers(device, fp16))
         # ONNX Runtime falls back to the CPU with only a warning when a GPU provider cannot load (no
         # onnxruntime-gpu, no CUDA or cuDNN): refuse instead, or a GPU deployment serves at CPU speed.
         wanted = execution_provider(device)
