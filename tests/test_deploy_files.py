@@ -196,3 +196,13 @@ def test_prometheus_rules_pass_promtool():
     for args in (["check", "rules", "alerts.yml"], ["test", "rules", "alerts_test.yml"]):
         proc = subprocess.run(["promtool", *args], cwd=prom, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_triton_image_has_what_the_gpu_config_runs_on():
+    """configs/gpu.pbtxt runs ONNX Runtime's CUDA provider, which a plain onnxruntime lacks (the model
+    then refuses to load: homework_monitor.runtime does not fall back to the CPU)."""
+    params = {k: v.string_value for k, v in _config(MODEL_DIR / "configs" / "gpu.pbtxt").parameters.items()}
+    assert params["execution_provider"] in ("cuda", "tensorrt") and params["fp16"] == "true"
+    dockerfile = (DEPLOY / "Dockerfile.triton").read_text()
+    assert 'ARG ORT_SPEC="onnxruntime-gpu==' in dockerfile and '"${ORT_SPEC}"' in dockerfile
+    assert "tokenizers==" in dockerfile and "onnx==" in dockerfile  # the runtime and its fp16 conversion

@@ -15,7 +15,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from homework_monitor.contract import CLASSES, ContractMismatch, Example
-from homework_monitor.runtime import ModelSpec, OnnxClassifier, has_onnx_encoder, length_buckets
+from homework_monitor.runtime import (
+    ModelSpec,
+    OnnxClassifier,
+    _providers,
+    converts_to_fp16,
+    execution_provider,
+    fp16_graph,
+    has_onnx_encoder,
+    length_buckets,
+)
 from homework_monitor.triton_models import SERVED_ARTIFACT
 
 EXAMPLES = [
@@ -77,6 +86,51 @@ def test_the_fp16_graph_agrees_with_fp32_on_labels(served):
     p16, p32 = half.predict_proba(EXAMPLES), served.predict_proba(EXAMPLES)
     assert (p16.argmax(1) == p32.argmax(1)).all()
     np.testing.assert_allclose(p16, p32, atol=5e-3)
+
+
+def test_the_gpu_fp16_graph_computes_in_fp16_throughout():
+    """What a CUDA instance with fp16 runs: every weight and every fused op's output fp16, only the
+    token ids in and the pooled embedding out keep their types."""
+    import onnx
+    from onnx import TensorProto
+    graph = onnx.load_from_string(fp16_graph(SERVED_ARTIFACT / "encoder" / "model.onnx")).graph
+    assert {i.data_type for i in graph.initializer} == {TensorProto.FLOAT16}
+    types = {v.name: v.type.tensor_type.elem_type for v in graph.value_info}
+    fused = [n for n in graph.node if n.domain == "com.microsoft"]
+    assert {n.op_type for n in fused} == {"Attention", "SkipLayerNormalization", "BiasGelu", "EmbedLayerNormalization"}
+    assert all(types[n.output[0]] == TensorProto.FLOAT16 for n in fused)
+    assert graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    assert all(i.type.tensor_type.elem_type == TensorProto.INT64 for i in graph.input)
+
+
+@pytest.mark.parametrize("device, provider, fp16_graph_at_load", [
+    ("cpu", "CPUExecutionProvider", True),
+    ("cuda", "CUDAExecutionProvider", True),
+    ("cuda:1", "CUDAExecutionProvider", True),
+    ("tensorrt:0", "TensorrtExecutionProvider", False),  # TensorRT builds its own fp16 engines
+])
+def test_device_strings_choose_the_execution_provider(device, provider, fp16_graph_at_load):
+    assert execution_provider(device) == provider
+    assert converts_to_fp16(device, fp16=True) is fp16_graph_at_load
+    assert converts_to_fp16(device, fp16=False) is False
+
+
+def test_gpu_providers_name_the_device_and_fall_back_only_to_cuda_then_cpu():
+    (name, cuda), cpu = _providers("cuda:1", fp16=True)
+    assert (name, cuda, cpu) == ("CUDAExecutionProvider", {"device_id": 1}, "CPUExecutionProvider")
+    (trt, opts), (name, cuda), cpu = _providers("tensorrt:2", fp16=True)
+    assert (trt, name, cuda["device_id"], opts["device_id"]) == ("TensorrtExecutionProvider", "CUDAExecutionProvider", 2, 2)
+    assert opts["trt_fp16_enable"] is True and opts["trt_engine_cache_enable"] is True
+    with pytest.raises(ValueError, match="unknown device"):
+        execution_provider("rocm")
+
+
+def test_a_gpu_device_without_its_provider_is_an_error_not_a_cpu_fallback():
+    import onnxruntime as ort
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA: the fall-back cannot happen here")
+    with pytest.raises(RuntimeError, match="CUDAExecutionProvider did not load"):
+        OnnxClassifier(SERVED_ARTIFACT, device="cuda:0", fp16=True)
 
 
 def test_an_artifact_with_another_class_order_is_refused(tmp_path):

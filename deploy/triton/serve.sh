@@ -2,7 +2,8 @@
 # tritonserver for homework_classifier, as the images and manifests run it. Extra arguments are
 # appended (a later flag wins), e.g. `serve.sh --model-config-name=cpu` on a machine without a GPU.
 #
-# - The GPU config (configs/gpu.pbtxt: KIND_GPU, fp16, batch 128, warmup) is selected explicitly:
+# - The GPU config (configs/gpu.pbtxt: 4 KIND_GPU instances, ONNX Runtime CUDA fp16, batches up to 1,024,
+#   warmup) is selected explicitly:
 #   without it Triton loads config.pbtxt, the CPU one, and the reserved GPU sits idle.
 # - explicit model control + --load-model: only our model loads (the repository folder may also
 #   hold Python package files such as __init__.py and __pycache__ when it is mounted from a checkout).

@@ -8,7 +8,9 @@ uses in process. Tensor names and the class order come from ``homework_monitor.c
 
 Config parameters: ``threads`` (ONNX Runtime intra-op threads), ``fp16`` (GPU instances),
 ``execution_provider`` (GPU instances: ``cuda`` or ``tensorrt``), ``max_bucket`` and ``max_waste``
-(length buckets: at most that many sequences, at most that share of a row padded).
+(length buckets: at most that many sequences, at most that share of a row padded). A GPU instance
+(``KIND_GPU``) runs on the device Triton gives it (``model_instance_device_id``); a GPU provider that
+does not load fails the model's load instead of serving from the CPU (``homework_monitor.runtime``).
 An artifact without an ONNX encoder (a torch training output) runs on torch (``torch_threads``).
 """
 import json
@@ -63,6 +65,9 @@ class TritonPythonModel:
                                              threads=int(params.get("threads", "0")) or None,
                                              max_bucket=int(params.get("max_bucket", "64")),
                                              max_waste=float(params.get("max_waste", "0.25")))
+            pb_utils.Logger.log_info(
+                f"{args['model_name']} instance {args['model_instance_name']}: device {device}, fp16 {fp16}, "
+                f"providers {list(self.classifier.encoder.providers)}, max_bucket {self.classifier.encoder.max_bucket}")
         else:
             import torch
 
