@@ -334,7 +334,7 @@ def export_student(ctx: V2Context, out: Path) -> Path:
     from .export import save_finetuned, write_artifact
     student_p = ctx.results_dir / "minilm_student_v2.json"
     if not student_p.exists():
-        raise SystemExit(f"no minilm_student_v2 row in {ctx.results_dir}: its temperature is the served one")
+        raise RowSkipped(f"no minilm_student_v2 row in {ctx.results_dir}: its temperature is the served one")
     evaluation = evaluate_v2(ctx, RowResult.from_json(json.loads(student_p.read_text())))
     teacher, T, unit_logits = pick_teacher(ctx)
     soft_units = np.mean([softmax(unit_logits[k], T) for k in range(len(unit_logits))], axis=0)
@@ -535,7 +535,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                    help="then train the served student on everything and write its artifact to OUT")
     a = p.parse_args(argv)
     cfg = CONFIGS[a.config]
-    deadline = time.time() + a.deadline_s if a.deadline_s else None
+    deadline = time.time() + a.deadline_s if a.deadline_s is not None else None
     ctx = build_v2_context(cfg, a.data_dir, a.labels_dir, a.device, a.work_dir / cfg.name, a.results_dir,
                            deadline, a.mpnet or default_mpnet())
     rows = [r for r in a.rows.split(",") if r]
@@ -546,11 +546,17 @@ def main(argv: Sequence[str] | None = None) -> dict:
         if not (a.results_dir / f"{name}.json").exists() or a.recompute:
             print(f"[table1_v2] {name} ...", file=sys.stderr, flush=True)
             try:
+                if deadline is not None and time.time() >= deadline:
+                    raise RowSkipped("the deadline has passed")
                 run_row(ctx, name, a.results_dir, a.recompute, ROW_FUNCS)
+                print(f"[table1_v2] {name} done", file=sys.stderr, flush=True)
             except RowSkipped as e:
                 print(f"[table1_v2] {name} SKIPPED: {e}", file=sys.stderr, flush=True)
     if a.export_student is not None:
-        export_student(ctx, a.export_student)
+        try:
+            print(json.dumps({"exported": str(export_student(ctx, a.export_student))}), flush=True)
+        except RowSkipped as e:
+            print(f"[table1_v2] served student SKIPPED: {e}", file=sys.stderr, flush=True)
     if a.no_report:
         return {}
     # The report shows every row whose result is cached, in table order; the rest are listed as missing.
