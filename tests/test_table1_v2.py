@@ -17,8 +17,14 @@ from homework_monitor.contract import CLASSES, Example
 from homework_monitor.training import table1_v2
 from homework_monitor.training.data import LabeledItem, clinical_negatives, select_negatives
 from homework_monitor.training.head import JointHead, masked_bce, review_pos_weight
-from homework_monitor.training.metrics import (binary_metrics, choose_class_thresholds, choose_event_threshold,
-                                               cross_fitted, event_labels, homework_curve)
+from homework_monitor.training.metrics import (
+    binary_metrics,
+    choose_class_thresholds,
+    choose_event_threshold,
+    cross_fitted,
+    event_labels,
+    homework_curve,
+)
 from homework_monitor.training.table1 import with_sections
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -45,8 +45,27 @@ if [ -z "${MINILM:-}" ]; then  # unpack the staged payload
 fi
 DATA=${DATA:-$PWD/.gpu/data}; LABELS=${LABELS:-$PWD/training/labels}; MPNET=${MPNET:-}; WHL=${WHL:-.whl}
 [ -n "${SKIP_WHL:-}" ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHL"/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 HWM_DATA_DIR=$DATA TOKENIZERS_PARALLELISM=false
-PY=${PY:-python3}
+PY=${PY:-python3}  # word-split on purpose: PY="python -P" works
+# The package without installing it: homework_monitor/ with the repository folders that pyproject.toml maps
+# under it (homework_monitor.training = training/, ...) linked in, first on the path.
+$PY - "$WORK/pkg" <<'PYEOF' || exit 1
+import shutil
+import sys
+import tomllib
+from pathlib import Path
+
+dirs = tomllib.loads(Path("pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+pkg = Path(sys.argv[1]) / "homework_monitor"
+shutil.rmtree(pkg.parent, ignore_errors=True)
+pkg.mkdir(parents=True)
+for f in Path(dirs["homework_monitor"]).iterdir():
+    (pkg / f.name).symlink_to(f.resolve())
+for name, folder in dirs.items():
+    if name.count(".") == 1:
+        (pkg / name.split(".")[1]).symlink_to(Path(folder).resolve())
+PYEOF
+export PYTHONPATH=/tmp/site:$WORK/pkg${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 HWM_DATA_DIR=$DATA TOKENIZERS_PARALLELISM=false
+$PY -c 'import homework_monitor.training.table1_v2 as m; print("package", m.__file__)' || exit 1
 nvidia-smi -L 2>/dev/null || true
 $PY -c 'import torch,transformers;print("torch",torch.__version__,"transformers",transformers.__version__,"cuda",torch.cuda.is_available())'
 

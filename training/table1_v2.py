@@ -42,7 +42,7 @@ import platform
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -51,17 +51,44 @@ from homework_monitor.model import Encoder, Example, Head, base_encoder_path, fe
 from homework_monitor.stream.config import default_data_dir
 from homework_monitor.stream.schemas import CLASSES
 
-from .data import (ADDED_LABELS_DIR, CLINICAL_SOURCES, LabeledData, LabeledItem, clinical_negatives,
-                   load_added_labels, load_labeled_data, select_negatives, session_folds, text_sha256,
-                   unlabeled_microdialogues)
+from .data import (
+    ADDED_LABELS_DIR,
+    CLINICAL_SOURCES,
+    LabeledData,
+    LabeledItem,
+    clinical_negatives,
+    load_added_labels,
+    load_labeled_data,
+    select_negatives,
+    session_folds,
+    text_sha256,
+    unlabeled_microdialogues,
+)
 from .features import cached_features
 from .finetune import FinetuneConfig, finetune, finetuned_outputs
 from .head import HeadConfig, fit_temperature, joint_head_logits, softmax, train_joint_head
-from .metrics import (NONE_IDX, binary_metrics, choose_class_thresholds, choose_event_threshold,
-                      classification_metrics, cross_fitted, homework_curve)
+from .metrics import (
+    NONE_IDX,
+    binary_metrics,
+    choose_class_thresholds,
+    choose_event_threshold,
+    classification_metrics,
+    cross_fitted,
+    homework_curve,
+)
 from .table1 import CONFIGS as T1_CONFIGS
-from .table1 import (Context, RowResult, Table1Config, _cv_sklearn, fit_tfidf_lr, load_dev_sessions, run_row,
-                     session_level, threshold_sweep, with_sections)
+from .table1 import (
+    Context,
+    RowResult,
+    Table1Config,
+    _cv_sklearn,
+    fit_tfidf_lr,
+    load_dev_sessions,
+    run_row,
+    session_level,
+    threshold_sweep,
+    with_sections,
+)
 
 ROWS = ("tfidf_lr_v2", "minilm_frozen_v2", "minilm_finetuned_v2", "minilm_finetuned_v2_ctx",
         "mpnet_finetuned_v2", "minilm_student_v2")
@@ -470,6 +497,13 @@ def render_v2(ctx: V2Context, results: dict[str, dict], missing: list[str], comm
             f" | {lat['ms'] if lat else '—'} | {r['where']} |")
     for name in missing:
         lines.append(f"| {ROW_TITLES[name]} | needs GPU: `bash training/gpu_run_v2.sh` |" + " |" * 15)
+    if missing:
+        lines += ["", "Rows marked *needs GPU* have not been run: no figure is claimed for them. To run them: "
+                  "`bash training/gpu_pack_v2.sh` here (the payload in ~10 MB parts: a device call carries at most "
+                  "64 MiB with the working tree, which holds the ~45 MB served model), one device call per part "
+                  "(header of that script), the last one running `bash training/gpu_run_v2.sh`; then untar "
+                  "`results_v2.tgz` into `training/results_v2/` and rerun this command. MPNet's ~220 MB (fp16) "
+                  "need about 22 more calls: more than one session's 15 device minutes allow."]
     lines += ["", "### Decision rule (out of fold)", "",
               f"Event = top class c ≠ none with p(c) ≥ t_c. Thresholds maximise F{ctx.v2.beta:g} (precision "
               "first) and are cross-fitted: fold k's items are decided by thresholds chosen on the other folds' "
