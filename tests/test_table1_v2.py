@@ -253,7 +253,7 @@ def test_gpu_script_dry_run_on_cpu(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "PY": f"{sys.executable} -P", "CONFIG": "smoke", "DEVICE": "cpu", "SKIP_WHL": "1",
            "LABELS": str(FIXTURES / "labels"), "MPNET": str(mpnet), "OUT": str(out),
-           "STAGE_DIR": str(tmp_path / "stage"), "UNPACK": str(tmp_path / "unpack"), "WORK": str(tmp_path / "w")}
+           "STAGE_DIR": str(tmp_path / "stage"), "CARRIED": str(tmp_path / "none"), "UNPACK": str(tmp_path / "unpack"), "WORK": str(tmp_path / "w")}
     done = subprocess.run(["bash", "training/gpu_run_v2.sh"], cwd=ROOT, env=env, capture_output=True, text=True)
     log = (out / "gpu_v2.log").read_text()
     assert done.returncode == 0, log[-3000:]

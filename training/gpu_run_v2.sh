@@ -35,7 +35,7 @@ left() { echo $((BUDGET_S - (SECONDS - T0) - $1)); }  # seconds left, keeping $1
 bring_back() { tar czf "$OUT/results_v2.tgz" -C "$RES" --exclude='*.units.npz' . ; }
 
 if [ -z "${MINILM:-}" ]; then  # unpack the staged payload
-  mkdir -p "$STAGE_DIR"; cp .gpu/stage/* "$STAGE_DIR"/ 2>/dev/null
+  mkdir -p "$STAGE_DIR"; cp "${CARRIED:-.gpu/stage}"/* "$STAGE_DIR"/ 2>/dev/null  # this call's own part
   (cd "$STAGE_DIR" && sha256sum -c --quiet PARTS.sha256) || { echo "payload: parts missing or corrupt"; ls -la "$STAGE_DIR"; exit 2; }
   rm -rf "$UNPACK"; mkdir -p "$UNPACK"
   cat "$STAGE_DIR"/payload.tar.* | tar xf - -C "$UNPACK" || exit 2
