@@ -113,6 +113,20 @@ def test_folds_are_grouped_by_session_and_training_never_sees_the_test_fold(ctx)
         assert (sess_folds == k).any()  # every fold scores some sessions_dev microdialogues
 
 
+def test_deadline_stops_a_row_that_would_overrun_but_keeps_a_finished_one(ctx):
+    import time
+    ctx.deadline = time.time() + 100
+    try:
+        started = time.time() - 60  # one fold took 60 s: two more would end ~20 s late
+        with pytest.raises(table1_v2.RowSkipped, match="1/3 folds"):
+            ctx.check_time(started, 1, 3, "row")
+        ctx.check_time(time.time() - 30, 1, 3, "row")  # 60 s more: in time
+        ctx.deadline = time.time() - 1
+        ctx.check_time(started, 3, 3, "row")  # all folds done: kept even past the deadline
+    finally:
+        ctx.deadline = None
+
+
 # --- the masked review loss ------------------------------------------------------------------------
 def test_masked_bce_ignores_items_without_a_review_annotation():
     logits = torch.tensor([2.0, -1.0, 0.5, 3.0], requires_grad=True)
@@ -249,6 +263,16 @@ def test_gpu_script_dry_run_on_cpu(tmp_path):
     subprocess.run(["bash", "training/gpu_pack_v2.sh"], cwd=ROOT, env=env, check=True)
     parts = sorted((tmp_path / "stage").glob("payload.tar.*"))
     assert len(parts) >= 3 and all(p.stat().st_size <= 8 << 20 for p in parts)
+    # A part that did not arrive (a machine replaced between calls) stops the run and is named.
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for p in [*parts[:1], *parts[2:], tmp_path / "stage" / "PARTS.sha256"]:
+        (broken / p.name).write_bytes(p.read_bytes())
+    env_broken = {**os.environ, "STAGE_DIR": str(broken), "CARRIED": str(tmp_path / "none"),
+                  "UNPACK": str(tmp_path / "u0"), "WORK": str(tmp_path / "w0"), "OUT": str(tmp_path / "o0")}
+    failed = subprocess.run(["bash", "training/gpu_run_v2.sh"], cwd=ROOT, env=env_broken, capture_output=True,
+                            text=True)
+    assert failed.returncode == 2 and f"{parts[1].name}: FAILED" in failed.stdout, failed.stdout
     mpnet = _tiny_mpnet(tmp_path / "mpnet")
     out = tmp_path / "out"
     env = {**os.environ, "PY": f"{sys.executable} -P", "CONFIG": "smoke", "DEVICE": "cpu", "SKIP_WHL": "1",

@@ -3,7 +3,8 @@
 # enough to travel with the working tree, one part per device call.
 #
 # Why parts: a device call carries the whole working tree plus the carried paths, 64 MiB in all, and the
-# tracked tree already holds the served ONNX model (~45 MB), so about 10 MB are left per call. The payload
+# tracked tree already holds the served ONNX model (~45 MB), so about 10 MB are left per call (check:
+# git ls-files -z | du -cb --files0-from=- | tail -1; set PART_MB to what is left minus a margin). The payload
 # (gzipped data copy ~5 MB, MiniLM fp16 ~45 MB, the pydantic wheels ~3 MB; MPNet fp16 ~220 MB with
 # WITH_MPNET=1) is one tar split into PART_MB parts, each listed with its sha256 in PARTS.sha256; every
 # file inside is listed with its sha256 in payload/MANIFEST.files (checked after unpacking). MPNet is first
@@ -12,10 +13,12 @@
 #   bash training/gpu_pack_v2.sh                      # writes .gpu/stage/{payload.tar.NN,PARTS.sha256}
 #   WITH_MPNET=1 bash training/gpu_pack_v2.sh         # + MPNet (about 22 more parts: see the report)
 #
-# Then, on one warm machine, call after call (it goes back after ~30 s idle; each call must carry
-# .gpu/stage/PARTS.sha256 and its part):
+# Run it in the checkout whose tree the device tool sends (the lead's), then, on one warm machine, call after
+# call (it goes back after ~30 s idle; ignored files such as .gpu/recv stay between calls on it; each call
+# carries .gpu/stage/PARTS.sha256 and its own part):
 #   run(carry=[".gpu/stage/PARTS.sha256", ".gpu/stage/payload.tar.00"],
-#       command="mkdir -p /tmp/hwm_stage && cp .gpu/stage/* /tmp/hwm_stage/ && ls /tmp/hwm_stage")
+#       command="mkdir -p .gpu/recv && cp .gpu/stage/* .gpu/recv/ && cd .gpu/recv && sha256sum -c PARTS.sha256 2>&1 | grep -c ': OK$'")
+#   (prints how many parts are there so far: a count that drops means the machine was replaced)
 #   ... one such call per part but the last ...
 #   run(carry=[".gpu/stage/PARTS.sha256", ".gpu/stage/payload.tar.NN"], timeout_s=600,
 #       command="bash training/gpu_run_v2.sh")

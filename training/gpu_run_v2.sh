@@ -2,8 +2,9 @@
 # Model v2 on one H100: the GPU rows of training/table1_v2.py, then the served student's artifact.
 #
 # Inputs (the machine has no network): the payload of training/gpu_pack_v2.sh, staged call by call into
-# $STAGE_DIR (see that script's header); or, for a local dry run, MINILM= (and MPNET=, DATA=, LABELS=)
-# pointing at folders, e.g.
+# $STAGE_DIR (default .gpu/recv: ignored files of the repository stay between calls on a warm machine; see
+# that script's header); or, for a local dry run, MINILM= (and MPNET=, DATA=, LABELS=) pointing at
+# folders, e.g.
 #   CONFIG=smoke DEVICE=cpu DATA=tests/fixtures/data LABELS=tests/fixtures/labels SKIP_WHL=1 \
 #     MINILM=$(python -c 'from homework_monitor.model import base_encoder_path as p; print(p())') \
 #     OUT=/tmp/v2out bash training/gpu_run_v2.sh
@@ -27,7 +28,7 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 CONFIG=${CONFIG:-full}; DEVICE=${DEVICE:-cuda}; BUDGET_S=${BUDGET_S:-480}
-STAGE_DIR=${STAGE_DIR:-/tmp/hwm_stage}; UNPACK=${UNPACK:-/tmp/hwm}; WORK=${WORK:-/tmp/hwm_work}
+STAGE_DIR=${STAGE_DIR:-.gpu/recv}; UNPACK=${UNPACK:-/tmp/hwm}; WORK=${WORK:-/tmp/hwm_work}
 RES=$WORK/results_v2; mkdir -p "$RES"
 exec > >(tee "$OUT/gpu_v2.log") 2>&1
 T0=$SECONDS
@@ -36,7 +37,10 @@ bring_back() { tar czf "$OUT/results_v2.tgz" -C "$RES" --exclude='*.units.npz' .
 
 if [ -z "${MINILM:-}" ]; then  # unpack the staged payload
   mkdir -p "$STAGE_DIR"; cp "${CARRIED:-.gpu/stage}"/* "$STAGE_DIR"/ 2>/dev/null  # this call's own part
-  (cd "$STAGE_DIR" && sha256sum -c --quiet PARTS.sha256) || { echo "payload: parts missing or corrupt"; ls -la "$STAGE_DIR"; exit 2; }
+  if ! (cd "$STAGE_DIR" && sha256sum -c --quiet PARTS.sha256 >/dev/null 2>&1); then
+    echo "payload: parts missing or corrupt (send these again, then rerun):"
+    (cd "$STAGE_DIR" && sha256sum -c PARTS.sha256 2>&1 | grep -v ': OK$'); exit 2
+  fi
   rm -rf "$UNPACK"; mkdir -p "$UNPACK"
   cat "$STAGE_DIR"/payload.tar.* | tar xf - -C "$UNPACK" || exit 2
   (cd "$UNPACK/payload" && sha256sum -c --quiet MANIFEST.files) || { echo "payload: a file differs from its manifest"; exit 2; }
@@ -94,8 +98,9 @@ A=$!
 OMP_NUM_THREADS=8 $V2 --rows mpnet_finetuned_v2,minilm_finetuned_v2_ctx --mpnet "$WORK/enc/mpnet" \
   --deadline-s "$(left "$RESERVE")" > "$WORK/b.log" 2>&1 &
 B=$!
-wait $A; echo "stream A rc $?"; wait $B; echo "stream B rc $?"
+wait $A; RA=$?; wait $B; RB=$?; echo "stream A rc $RA, stream B rc $RB"
 grep -h -E "table1_v2\]|Error|error" "$WORK/a.log" "$WORK/b.log" | grep -v "it/s" | tail -40
+[ $RA = 0 ] || tail -n 25 "$WORK/a.log"; [ $RB = 0 ] || tail -n 25 "$WORK/b.log"
 bring_back
 echo "== rows A+B done at $((SECONDS - T0)) s"
 

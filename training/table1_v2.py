@@ -107,7 +107,7 @@ FT_VIEWS = ("pair", "therapist")  # the served views; the _ctx row adds "context
 @dataclass(frozen=True)
 class V2Config(Table1Config):
     negatives_cap: int | None = 2000  # clinical negatives per fold (None = all)
-    negative_weight: float = 1.0  # a little noisier than item labels: counted like one real item
+    negative_weight: float = 1.0  # a little noisier than item labels: half a real item (real_weight 2)
     review_weight: float = 1.0
     beta: float = 0.5  # F-beta of the decision rule: precision counts 4x recall
     ft_minilm: FinetuneConfig = FinetuneConfig(epochs=3, batch_size=64, lr_encoder=5e-5)
@@ -166,7 +166,7 @@ class V2Context(Context):
 
     def check_time(self, started: float, done: int, total: int, what: str) -> None:
         """Stop a row whose remaining folds, at the pace so far, would end after the deadline."""
-        if self.deadline is None or done == 0:
+        if self.deadline is None or done == 0 or done >= total:
             return
         projected = time.time() + (time.time() - started) / done * (total - done)
         if projected > self.deadline:
@@ -482,6 +482,12 @@ def render_v2(ctx: V2Context, results: dict[str, dict], missing: list[str], comm
              f"- Review output: scored on the {n_rev} items with a review annotation; only **{n_rev_pos} are "
              "positive**, so its precision/recall carry wide uncertainty (one item moves recall by "
              f"{100 / max(n_rev_pos, 1):.0f} points). Rows without a review output show —.",
+             "- Distillation (student row): the teacher is the best fine-tuned row with unit scores "
+             f"({' / '.join(ctx.v2.teacher_rows)}); student fold k learns teacher fold k's temperature-scaled "
+             f"probabilities on up to {ctx.v2.student_units_per_fold or 'all'} unlabeled microdialogues of sessions "
+             "outside fold k, plus fold k's training items (so fold k's labels and text reach it through no "
+             "teacher); the served student learns every labelled item and all unlabeled microdialogues, "
+             "soft-labelled by the mean of the fold teachers.",
              "- F1 at argmax of temperature-scaled out-of-fold probabilities; `clinical` = the clinical corpora "
              "only. CPU latency: per microdialogue on this machine (see notes); the GPU rows' training ran "
              "elsewhere, their latency is their architecture's here.", "",
