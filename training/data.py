@@ -52,6 +52,8 @@ class LabeledItem:
     label: str
     labels: tuple[str, ...]
     real: bool
+    turn: int | None = None  # the therapist utterance's index in its session (labelled real items)
+    review: bool | None = None  # "reviews earlier homework" (ANNOTATION.md); None = not annotated
 
     @property
     def y(self) -> int:
@@ -69,7 +71,8 @@ def load_labeled(path: Path, real: bool) -> list[LabeledItem]:
         items.append(LabeledItem(
             id=str(d["id"]), source=d.get("dataset") or ("synthetic" if not real else "unknown"),
             session_id=d.get("session_id") or f"{d['id']}", example=_example(d), label=d["label"],
-            labels=tuple(d.get("labels") or [d["label"]]), real=real))
+            labels=tuple(d.get("labels") or [d["label"]]), real=real,
+            turn=int(d["turn"]) if d.get("turn") is not None else None))
     return items
 
 
@@ -175,7 +178,38 @@ def load_added_labels(data_dir: Path, paths: Iterable[Path] | None = None) -> li
             missing.append(f"{r['dataset']}/{r['session_id']}#{r['turn']}")
             continue
         items.append(LabeledItem(id=r["id"], source=r["dataset"], session_id=r["session_id"], example=ex,
-                                 label=r["label"], labels=tuple(r["labels"]), real=True))
+                                 label=r["label"], labels=tuple(r["labels"]), real=True, turn=int(r["turn"]),
+                                 review=r.get("review")))
     if missing:
         raise ValueError(f"{len(missing)} labelled turns not found in {data_dir}: {missing[:5]}")
     return items
+
+
+# ------------------------------------------------------------------ clinical supervision (sessions_dev)
+def clinical_negatives(sessions: Iterable[tuple[str, dict]], truth_rows: Iterable[dict],
+                       labelled: set[tuple[str, int]]) -> list[LabeledItem]:
+    """Every therapist utterance of the ``sessions_dev`` sessions that neither session annotator marked
+    (not in ``turns_any``) and that is not already a labelled item, as a ``none`` training item.
+
+    ``sessions``: (corpus name, session dict) pairs; ``labelled``: (session_id, turn) of labelled items.
+    The unit is the labelled sets' (``utterance_examples``), so these items look like real_dev's."""
+    marked = {r["session_id"]: {int(t) for t in r.get("turns_any") or []} for r in truth_rows}
+    out = []
+    for source, s in sessions:
+        sid = s["session_id"]
+        if sid not in marked:
+            continue
+        for turn, ex in utterance_examples(s).items():
+            if turn not in marked[sid] and (sid, turn) not in labelled:
+                out.append(LabeledItem(id=f"neg-{sid}-{turn}", source=source, session_id=sid, example=ex,
+                                       label="none", labels=("none",), real=True, turn=turn))
+    return out
+
+
+def select_negatives(negatives: list[LabeledItem], fold_of: dict[str, int], test_fold: int | None,
+                     cap: int | None, seed: int = 13) -> list[LabeledItem]:
+    """The negatives a fold trains on: none from a session of ``test_fold`` (None = final model, all
+    folds), at most ``cap`` of them, drawn in one seeded order shared by every fold."""
+    order = np.random.default_rng(seed).permutation(len(negatives))
+    chosen = [negatives[i] for i in order if test_fold is None or fold_of[negatives[i].session_id] != test_fold]
+    return chosen if cap is None else chosen[:cap]

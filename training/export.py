@@ -12,10 +12,11 @@ import argparse
 import json
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+from safetensors.torch import save_file
 
 from homework_monitor.model import BASE_ENCODER, Encoder, ModelSpec, base_encoder_path, save_artifact
 from homework_monitor.stream.config import default_data_dir
@@ -23,11 +24,12 @@ from homework_monitor.stream.schemas import CLASSES
 from homework_monitor.triton_models import SERVED_ARTIFACT
 
 from .features import cached_features
-from .finetune import finetune
-from .head import train_head
+from .finetune import FinetuneConfig, FinetunedModel, finetune
+from .head import JointHead, train_head
 from .onnx_export import convert_artifact
 from .table1 import CONFIGS, ENCODER_ROWS, Context, RowResult, build_context, evaluate_row, pretrained_encoder
 
+REVIEW_HEAD = "review_head.safetensors"
 FROZEN = {"minilm_frozen": ("mean", None), "tsdae_only": ("cls", False), "tsdae_nsp": ("cls", True)}
 
 
@@ -52,11 +54,16 @@ def export_row(ctx: Context, row: str, evaluation: dict, out: Path) -> Path:
                        version=f"{row}-{ctx.data.data_hash[:8]}",
                        extra={"row": row, "cv_metrics": metrics, "session": evaluation["session"],
                               "data_hash": ctx.data.data_hash})
-    # Build next to the target and swap at the end: a failed export never destroys the served artifact.
+    return write_artifact(out, lambda staging: _build(ctx, row, items, y, w, spec_common, staging))
+
+
+def write_artifact(out: Path, build: Callable[[Path], Path]) -> Path:
+    """``build(staging)`` writes an artifact next to ``out``; an encoder of its own becomes the served
+    ONNX graph; then the staging folder replaces ``out``. A failed build never destroys ``out``."""
     staging = out.with_name(out.name + ".staging")
     if staging.exists():
         shutil.rmtree(staging)
-    built = _build(ctx, row, items, y, w, spec_common, staging)
+    built = build(staging)
     if ModelSpec.load(built).encoder != BASE_ENCODER:
         # Served format: the encoder as an ONNX graph (runs without torch), the torch weights dropped.
         convert_artifact(built, drop_torch_weights=True)
@@ -64,6 +71,27 @@ def export_row(ctx: Context, row: str, evaluation: dict, out: Path) -> Path:
         shutil.rmtree(out)
     built.replace(out)
     return out
+
+
+def save_finetuned(model: FinetunedModel, cfg: FinetuneConfig, spec_common: dict, out: Path) -> Path:
+    """A fine-tuned model as an artifact: its encoder (fp16) and its 5-class head, as served. A review
+    output, when the model has one, is saved beside it (``review_head.safetensors``, read from the
+    class head's hidden layer; ``extra.review_head`` says so) and is not served yet."""
+    with tempfile.TemporaryDirectory() as tmp:
+        model.enc.model.save_pretrained(tmp)
+        model.enc.tokenizer.save_pretrained(tmp)
+        spec = ModelSpec(views=model.views, pooling=model.pooling, max_length=cfg.max_length,
+                         hidden=model.enc.model.config.hidden_size, head_hidden=cfg.head_hidden,
+                         dropout=cfg.dropout, **spec_common)
+        if isinstance(model.head, JointHead):
+            spec.extra = {**spec.extra, "review_head": {
+                "file": REVIEW_HEAD, "input": "the class head's hidden layer (after its ReLU)",
+                "output": "one logit: the therapist reviews homework assigned earlier"}}
+        saved = save_artifact(out, spec, model.class_head.cpu(), Path(tmp))
+    if isinstance(model.head, JointHead):
+        save_file({k: v.detach().float().cpu().contiguous() for k, v in model.head.review.state_dict().items()},
+                  str(out / REVIEW_HEAD))
+    return saved
 
 
 def _build(ctx: Context, row: str, items, y, w, spec_common: dict, out: Path) -> Path:
@@ -81,13 +109,7 @@ def _build(ctx: Context, row: str, items, y, w, spec_common: dict, out: Path) ->
         views = ("pair", "therapist")
         model = finetune(base_encoder_path(), [i.example for i in items], y, w, views, "mean",
                          ctx.cfg.finetune, len(CLASSES), ctx.device)
-        with tempfile.TemporaryDirectory() as tmp:
-            model.enc.model.save_pretrained(tmp)
-            model.enc.tokenizer.save_pretrained(tmp)
-            spec = ModelSpec(views=views, pooling="mean", max_length=ctx.cfg.finetune.max_length,
-                             head_hidden=ctx.cfg.finetune.head_hidden,
-                             dropout=ctx.cfg.finetune.dropout, **spec_common)
-            return save_artifact(out, spec, model.head.cpu(), Path(tmp))
+        return save_finetuned(model, ctx.cfg.finetune, spec_common, out)
     raise SystemExit(f"row {row!r} is not an encoder row")
 
 

@@ -1,9 +1,12 @@
 """End-to-end fine-tuning of the generic encoder (the "fine-tuned MiniLM" baseline of Table 1).
 
 Same input views, pooling and head as the frozen model, but every encoder weight trains too.
+Optional (model v2): a review output trained jointly (``JointHead``, masked binary loss), and soft
+targets (a teacher's probabilities) for distillation, mixed with hard labels item by item.
 """
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +17,7 @@ from torch import nn
 
 from homework_monitor.model import Encoder, Example, Head, autocast, featurize, pool, view_text
 
-from .head import class_weights
+from .head import JointHead, class_weights, masked_bce, review_pos_weight
 
 
 @dataclass(frozen=True)
@@ -29,18 +32,27 @@ class FinetuneConfig:
     real_weight: float = 2.0
     max_steps: int | None = None  # smoke runs
     seed: int = 13
+    review_weight: float = 1.0  # weight of the review output's loss (when review targets are given)
 
 
 class FinetunedModel(nn.Module):
     def __init__(self, encoder_path: Path, views: Sequence[str], pooling: str, cfg: FinetuneConfig,
-                 n_classes: int, device: str):
+                 n_classes: int, device: str, review_head: bool = False):
         super().__init__()
         self.enc = Encoder(encoder_path, pooling, cfg.max_length, device)
         self.views, self.pooling, self.device = tuple(views), pooling, device
         hidden = self.enc.model.config.hidden_size
-        self.head = Head(hidden * len(self.views), cfg.head_hidden, n_classes, cfg.dropout).to(device)
+        head_type = JointHead if review_head else Head
+        self.head = head_type(hidden * len(self.views), cfg.head_hidden, n_classes, cfg.dropout).to(device)
+        # Only what the encoder takes: MPNet has no token_type_ids, whatever a tokenizer returns.
+        self._inputs = set(inspect.signature(self.enc.model.forward).parameters)
 
-    def forward(self, examples: Sequence[Example]) -> torch.Tensor:
+    @property
+    def class_head(self) -> Head:
+        """The 5-class head, as served (the review output is an extra on top of it)."""
+        return self.head.cls if isinstance(self.head, JointHead) else self.head
+
+    def forward(self, examples: Sequence[Example]) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         blocks = []
         for v in self.views:
             texts = [view_text(e, v) for e in examples]
@@ -51,7 +63,7 @@ class FinetunedModel(nn.Module):
             else:
                 enc = tok(texts, padding=True, truncation=True, max_length=self.enc.max_length,
                           return_tensors="pt")
-            enc = {k: t.to(self.device) for k, t in enc.items()}
+            enc = {k: t.to(self.device) for k, t in enc.items() if k in self._inputs}
             hidden = self.enc.model(**enc).last_hidden_state
             blocks.append(pool(hidden, enc["attention_mask"], self.pooling).float())
         return self.head(torch.cat(blocks, dim=1))
@@ -59,20 +71,28 @@ class FinetunedModel(nn.Module):
 
 def finetune(encoder_path: Path, examples: Sequence[Example], y: np.ndarray, sample_weight: np.ndarray,
              views: Sequence[str], pooling: str, cfg: FinetuneConfig, n_classes: int,
-             device: str = "cpu", progress: bool = False) -> FinetunedModel:
+             device: str = "cpu", progress: bool = False, review: np.ndarray | None = None,
+             soft: np.ndarray | None = None) -> FinetunedModel:
+    """Fine-tune end to end. ``review``: 0/1 per item, NaN where not annotated (adds the review output);
+    ``soft``: [n, n_classes] target probabilities per item, NaN rows where the hard ``y`` applies."""
     from tqdm import tqdm
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    model = FinetunedModel(encoder_path, views, pooling, cfg, n_classes, device)
+    model = FinetunedModel(encoder_path, views, pooling, cfg, n_classes, device, review_head=review is not None)
     model.enc.model.train()
     opt = torch.optim.AdamW([{"params": model.enc.model.parameters(), "lr": cfg.lr_encoder},
                              {"params": model.head.parameters(), "lr": cfg.lr_head}], weight_decay=0.01)
-    loss_fn = nn.CrossEntropyLoss(weight=class_weights(y, n_classes).to(device), reduction="none")
     steps_per_epoch = int(np.ceil(len(y) / cfg.batch_size))
     total = steps_per_epoch * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, steps_per_epoch * cfg.epochs)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / max(total, 1)))
-    yt = torch.from_numpy(y.astype(np.int64)).to(device)
+    hard = np.ones(len(y), bool) if soft is None else np.isnan(soft).any(1)
+    loss_fn = nn.CrossEntropyLoss(weight=class_weights(y[hard], n_classes).to(device), reduction="none")
+    yt = torch.from_numpy(np.where(hard, y, 0).astype(np.int64)).to(device)
     sw = torch.from_numpy(sample_weight.astype(np.float32)).to(device)
+    st = None if soft is None else torch.from_numpy(np.nan_to_num(soft).astype(np.float32)).to(device)
+    ht = torch.from_numpy(hard).to(device)
+    rt = None if review is None else torch.from_numpy(review.astype(np.float32)).to(device)
+    pos_weight = 1.0 if review is None else review_pos_weight(review)
     step = 0
     with tqdm(total=total, disable=not progress, desc="finetune") as bar:
         while step < total:
@@ -80,9 +100,16 @@ def finetune(encoder_path: Path, examples: Sequence[Example], y: np.ndarray, sam
             for i in range(0, len(perm), cfg.batch_size):
                 idx = perm[i:i + cfg.batch_size]
                 with autocast(device):
-                    logits = model([examples[j] for j in idx]).float()
+                    out = model([examples[j] for j in idx])
+                logits, rev = (out[0].float(), out[1].float()) if isinstance(out, tuple) else (out.float(), None)
                 ti = torch.from_numpy(idx).to(device)
-                loss = (loss_fn(logits, yt[ti]) * sw[ti]).sum() / sw[ti].sum()
+                per_item = loss_fn(logits, yt[ti])
+                if st is not None:  # soft rows: cross-entropy against the teacher's distribution
+                    soft_ce = -(st[ti] * torch.log_softmax(logits, dim=1)).sum(1)
+                    per_item = torch.where(ht[ti], per_item, soft_ce)
+                loss = (per_item * sw[ti]).sum() / sw[ti].sum()
+                if rev is not None:
+                    loss = loss + cfg.review_weight * masked_bce(rev, rt[ti], pos_weight)
                 opt.zero_grad()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -99,5 +126,15 @@ def finetune(encoder_path: Path, examples: Sequence[Example], y: np.ndarray, sam
 
 @torch.inference_mode()
 def finetuned_logits(model: FinetunedModel, examples: Sequence[Example], batch_size: int = 64) -> np.ndarray:
+    return finetuned_outputs(model, examples, batch_size)[0]
+
+
+@torch.inference_mode()
+def finetuned_outputs(model: FinetunedModel, examples: Sequence[Example],
+                      batch_size: int = 64) -> tuple[np.ndarray, np.ndarray | None]:
+    """Class logits [n, 5] and, for a model with the review output, review logits [n] (else None)."""
     feats = torch.from_numpy(featurize(model.enc, examples, model.views, batch_size)).to(model.device)
-    return model.head(feats).float().cpu().numpy()
+    out = model.head(feats)
+    if isinstance(out, tuple):
+        return out[0].float().cpu().numpy(), out[1].float().cpu().numpy()
+    return out.float().cpu().numpy(), None

@@ -3,6 +3,10 @@
 The encoder is frozen, so features are computed once and the head trains on them in seconds.
 Imbalance: class-weighted cross-entropy (inverse square-root frequency) and real items up-weighted
 against the written synthetic ones.
+
+The review signal ("the therapist reviews homework assigned earlier") is a second output of the same
+head (``JointHead``): one logit read from the head's hidden layer, trained with a binary loss on the
+items that carry a ``review`` annotation only (``masked_bce``); the 5-class output is unchanged.
 """
 from __future__ import annotations
 
@@ -27,10 +31,75 @@ class HeadConfig:
     seed: int = 13
 
 
+class JointHead(nn.Module):
+    """The 5-class ``Head`` (``.cls``, saved and served as before) plus a review logit (``.review``)
+    computed from the class head's hidden layer, so both outputs share the pooled features."""
+
+    def __init__(self, in_dim: int, hidden: int, n_classes: int, dropout: float):
+        super().__init__()
+        self.cls = Head(in_dim, hidden, n_classes, dropout)
+        self.review = nn.Linear(hidden, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        drop_in, hidden_layer, act, drop_out, out = self.cls.net
+        h = act(hidden_layer(drop_in(x)))
+        return out(drop_out(h)), self.review(h).squeeze(-1)
+
+
+def masked_bce(logits: torch.Tensor, target: torch.Tensor, pos_weight: float = 1.0) -> torch.Tensor:
+    """Mean binary cross-entropy over the items whose ``target`` is not NaN (NaN = not annotated);
+    0 (with a gradient of 0) when no item in the batch is annotated."""
+    mask = ~torch.isnan(target)
+    if not mask.any():
+        return logits.sum() * 0.0
+    return nn.functional.binary_cross_entropy_with_logits(
+        logits[mask], target[mask], pos_weight=torch.tensor(pos_weight, device=logits.device))
+
+
+def review_pos_weight(target: np.ndarray) -> float:
+    """sqrt(negatives / positives) among annotated items: the rare review class counts more, not fully."""
+    t = target[~np.isnan(target)]
+    pos = float((t > 0.5).sum())
+    return float(np.sqrt(max(len(t) - pos, 1.0) / max(pos, 1.0)))
+
+
 def class_weights(y: np.ndarray, n_classes: int) -> torch.Tensor:
     counts = np.bincount(y, minlength=n_classes).astype(np.float64) + 1.0
     w = 1.0 / np.sqrt(counts)
     return torch.tensor(w / w.mean() , dtype=torch.float32)
+
+
+def train_joint_head(X: np.ndarray, y: np.ndarray, review: np.ndarray, n_classes: int, cfg: HeadConfig,
+                     sample_weight: np.ndarray | None = None, review_weight: float = 1.0) -> JointHead:
+    """``train_head`` with the review output: ``review`` holds 0/1 per item, NaN where not annotated."""
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    head = JointHead(X.shape[1], cfg.hidden, n_classes, cfg.dropout)
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    loss_fn = nn.CrossEntropyLoss(weight=class_weights(y, n_classes), reduction="none")
+    pos_weight = review_pos_weight(review)
+    Xt, yt = torch.from_numpy(X.astype(np.float32)), torch.from_numpy(y.astype(np.int64))
+    rt = torch.from_numpy(review.astype(np.float32))
+    sw = torch.from_numpy((sample_weight if sample_weight is not None else np.ones(len(y))).astype(np.float32))
+    head.train()
+    for _ in range(cfg.epochs):
+        perm = rng.permutation(len(y))
+        for i in range(0, len(y), cfg.batch_size):
+            idx = torch.from_numpy(perm[i:i + cfg.batch_size])
+            logits, rev = head(Xt[idx])
+            loss = (loss_fn(logits, yt[idx]) * sw[idx]).sum() / sw[idx].sum()
+            loss = loss + review_weight * masked_bce(rev, rt[idx], pos_weight)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    head.eval()
+    return head
+
+
+@torch.inference_mode()
+def joint_head_logits(head: JointHead, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    logits, rev = head(torch.from_numpy(X.astype(np.float32)))
+    return logits.numpy(), rev.numpy()
 
 
 def train_head(X: np.ndarray, y: np.ndarray, n_classes: int, cfg: HeadConfig,

@@ -17,6 +17,7 @@ import argparse
 import datetime as dt
 import json
 import platform
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -98,15 +99,32 @@ class Context:
         return items, w
 
 
+@dataclass(frozen=True)
+class DevSessions:
+    """The ``sessions_dev`` sessions: their truth rows, and the sessions found in the corpora."""
+    rows: list[dict]
+    sessions: list[tuple[str, dict]]  # (corpus name, session), sorted by session_id
+
+    @property
+    def truth(self) -> dict[str, bool | None]:
+        return {r["session_id"]: r["homework"] for r in self.rows}
+
+    def windowed(self) -> list:
+        return list(windowed_sessions([s for _, s in self.sessions], WindowConfig()))
+
+
+def load_dev_sessions(data_dir: Path) -> DevSessions:
+    rows = list(read_jsonl(data_dir / "labeled" / "sessions_dev.jsonl"))
+    wanted = {r["session_id"] for r in rows}
+    found = [(p.parent.name, s) for p in corpus_paths(data_dir) for s in read_jsonl(p) if s["session_id"] in wanted]
+    return DevSessions(rows, sorted(found, key=lambda x: x[1]["session_id"]))
+
+
 def build_context(cfg: Table1Config, data_dir: Path, device: str, work_dir: Path) -> Context:
     data = load_labeled_data(data_dir)
-    truth_rows = list(read_jsonl(data_dir / "labeled" / "sessions_dev.jsonl"))
-    truth = {r["session_id"]: r["homework"] for r in truth_rows}
-    wanted = set(truth)
-    sessions = [s for p in corpus_paths(data_dir) for s in read_jsonl(p) if s["session_id"] in wanted]
-    windowed = list(windowed_sessions(sorted(sessions, key=lambda s: s["session_id"]), WindowConfig()))
-    fold_of = session_folds([i.session_id for i in data.real] + list(wanted), cfg.n_folds)
-    return Context(cfg, data_dir, data, fold_of, windowed, truth, device, work_dir)
+    dev = load_dev_sessions(data_dir)
+    fold_of = session_folds([i.session_id for i in data.real] + list(dev.truth), cfg.n_folds)
+    return Context(cfg, data_dir, data, fold_of, dev.windowed(), dev.truth, device, work_dir)
 
 
 @dataclass
@@ -117,17 +135,23 @@ class RowResult:
     seconds: float
     where: str
     notes: dict = field(default_factory=dict)
+    review_logits: np.ndarray | None = None  # [n_real], out of fold, for rows with the review output
 
     def to_json(self) -> dict:
-        return {"name": self.name, "item_logits": self.item_logits.round(5).tolist(),
-                "session_logits": self.session_logits.round(5).tolist(), "seconds": self.seconds,
-                "where": self.where, "notes": self.notes}
+        out = {"name": self.name, "item_logits": self.item_logits.round(5).tolist(),
+               "session_logits": self.session_logits.round(5).tolist(), "seconds": self.seconds,
+               "where": self.where, "notes": self.notes}
+        if self.review_logits is not None:
+            out["review_logits"] = self.review_logits.round(5).tolist()
+        return out
 
     @classmethod
     def from_json(cls, d: dict) -> RowResult:
+        review = d.get("review_logits")
         return cls(d["name"], np.array(d["item_logits"], dtype=np.float64).reshape(-1, len(CLASSES)),
                    np.array(d["session_logits"], dtype=np.float64).reshape(-1, len(CLASSES)),
-                   d["seconds"], d["where"], d.get("notes", {}))
+                   d["seconds"], d["where"], d.get("notes", {}),
+                   None if review is None else np.array(review, dtype=np.float64))
 
 
 def _text(e: Example) -> str:
@@ -165,15 +189,17 @@ def _full_proba(clf, X) -> np.ndarray:
     return out
 
 
-def row_tfidf_lr(ctx: Context) -> tuple[np.ndarray, np.ndarray, dict]:
+def fit_tfidf_lr(train, w) -> Callable[[Sequence[Example]], np.ndarray]:
+    """TF-IDF (1-2 grams) + logistic regression on the items; returns examples -> log-probabilities."""
     from sklearn.feature_extraction.text import TfidfVectorizer
+    vec = TfidfVectorizer(ngram_range=(1, 2), min_df=2 if len(train) > 200 else 1, sublinear_tf=True)
+    X = vec.fit_transform([_text(i.example) for i in train])
+    clf = _logreg(X, np.array([i.y for i in train]), w)
+    return lambda tests: _full_proba(clf, vec.transform([_text(e) for e in tests]))
 
-    def fit_predict(train, w, tests):
-        vec = TfidfVectorizer(ngram_range=(1, 2), min_df=2 if len(train) > 200 else 1, sublinear_tf=True)
-        X = vec.fit_transform([_text(i.example) for i in train])
-        clf = _logreg(X, np.array([i.y for i in train]), w)
-        return _full_proba(clf, vec.transform([_text(e) for e in tests]))
-    return (*_cv_sklearn(ctx, fit_predict), {})
+
+def row_tfidf_lr(ctx: Context) -> tuple[np.ndarray, np.ndarray, dict]:
+    return (*_cv_sklearn(ctx, lambda train, w, tests: fit_tfidf_lr(train, w)(tests)), {})
 
 
 def row_doc2vec_lr(ctx: Context) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -284,14 +310,17 @@ ROW_FUNCS = {"tfidf_lr": row_tfidf_lr, "doc2vec_lr": row_doc2vec_lr, "minilm_fro
              "tsdae_nsp": row_tsdae_nsp}
 
 
-def run_row(ctx: Context, name: str, results_dir: Path, recompute: bool = False) -> RowResult:
+def run_row(ctx: Context, name: str, results_dir: Path, recompute: bool = False,
+            funcs: dict[str, Callable] | None = None) -> RowResult:
+    """The row's cached result, or compute it with ``funcs[name](ctx)`` (-> item logits, session
+    logits, notes[, review logits]) and cache it."""
     path = results_dir / f"{name}.json"
     if path.exists() and not recompute:
         return RowResult.from_json(json.loads(path.read_text()))
     t0 = time.time()
-    item_logits, sess_logits, notes = ROW_FUNCS[name](ctx)
+    item_logits, sess_logits, notes, *review = (funcs or ROW_FUNCS)[name](ctx)
     res = RowResult(name, item_logits, sess_logits, round(time.time() - t0, 1),
-                    f"{platform.node() or 'host'} ({ctx.device})", notes)
+                    f"{platform.node() or 'host'} ({ctx.device})", notes, review[0] if review else None)
     results_dir.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(res.to_json()))
     return res
@@ -372,6 +401,19 @@ def render_markdown(ctx: Context, results: dict[str, dict], command: str, sweep:
     return "\n".join(lines) + "\n"
 
 
+_SECTION = re.compile(r"<!-- section:([\w-]+):begin -->\n(.*?)\n<!-- section:\1:end -->\n?", re.S)
+
+
+def with_sections(text: str, path: Path, replace: dict[str, str] | None = None) -> str:
+    """``text`` (its own sections dropped) followed by the sections of the report now at ``path``,
+    with ``replace``'s set or added: a section is a block another command owns in the same file
+    (``table1_v2``'s results in RESULTS.md), so rerunning one command keeps the other's block."""
+    blocks = dict(_SECTION.findall(path.read_text())) if path.exists() else {}
+    blocks.update(replace or {})
+    return _SECTION.sub("", text).rstrip() + "\n" + "".join(
+        f"\n<!-- section:{n}:begin -->\n{b.rstrip()}\n<!-- section:{n}:end -->\n" for n, b in blocks.items())
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", choices=sorted(CONFIGS), default="full")
@@ -402,7 +444,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     sweep = threshold_sweep(ctx, best_res, results[best]["temperature"]) if ctx.sessions else None
     command = "python -m homework_monitor.training.table1 " + " ".join(argv if argv is not None else sys.argv[1:])
     a.output.parent.mkdir(parents=True, exist_ok=True)
-    a.output.write_text(render_markdown(ctx, results, command.strip(), sweep, best))
+    a.output.write_text(with_sections(render_markdown(ctx, results, command.strip(), sweep, best), a.output))
     (a.output.with_suffix(".json")).write_text(json.dumps(
         {"best": best, "config": cfg.name, "data_hash": ctx.data.data_hash,
          "rows": {k: {kk: v[kk] for kk in ("pooled", "fold_mean", "fold_std", "temperature", "ece", "session")}

@@ -1,0 +1,310 @@
+"""Model v2: clinical negatives, grouped folds, the masked review loss, metrics and the out-of-fold decision
+rule on hand-made examples; the v2 command and the GPU script's dry run on the fixture."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from homework_monitor.contract import CLASSES, Example
+from homework_monitor.training import table1_v2
+from homework_monitor.training.data import LabeledItem, clinical_negatives, select_negatives
+from homework_monitor.training.head import JointHead, masked_bce, review_pos_weight
+from homework_monitor.training.metrics import (
+    binary_metrics,
+    choose_class_thresholds,
+    choose_event_threshold,
+    cross_fitted,
+    event_labels,
+    homework_curve,
+)
+from homework_monitor.training.table1 import with_sections
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures"
+P, T, J, L, N = range(5)  # practice take_action journal learn none
+
+
+def _session(sid: str, speakers: str) -> dict:
+    return {"session_id": sid, "utterances": [
+        {"speaker": "therapist" if s == "t" else "client", "text": f"line {i}"} for i, s in enumerate(speakers)]}
+
+
+# --- clinical negatives ------------------------------------------------------------------------------
+def test_clinical_negatives_skip_marked_and_labelled_turns():
+    sessions = [("annomi", _session("a", "tctctct")), ("hlqc", _session("b", "tctc")),
+                ("hlqc", _session("not-dev", "tctc"))]
+    rows = [{"session_id": "a", "turns_any": [2]}, {"session_id": "b", "turns_any": []}]
+    neg = clinical_negatives(sessions, rows, labelled={("a", 4)})
+    assert [(i.session_id, i.turn) for i in neg] == [("a", 0), ("a", 6), ("b", 0), ("b", 2)]
+    assert all(i.label == "none" and i.real and i.review is None for i in neg)
+    assert [i.source for i in neg] == ["annomi", "annomi", "hlqc", "hlqc"]
+    assert neg[0].example.client == "line 1"
+
+
+def _neg(sid: str, turn: int) -> LabeledItem:
+    return LabeledItem(f"{sid}-{turn}", "annomi", sid, Example("t"), "none", ("none",), True, turn)
+
+
+def test_selected_negatives_never_come_from_the_test_fold():
+    negs = [_neg(f"s{s}", t) for s in range(12) for t in range(5)]
+    fold_of = {f"s{s}": s % 3 for s in range(12)}
+    for k in range(3):
+        chosen = select_negatives(negs, fold_of, k, cap=None)
+        assert chosen and all(fold_of[i.session_id] != k for i in chosen)
+        assert len(chosen) == 40
+        capped = select_negatives(negs, fold_of, k, cap=7)
+        assert capped == chosen[:7]  # one seeded order, cut at the cap
+    assert len(select_negatives(negs, fold_of, None, cap=None)) == 60  # a final model takes every fold's
+    assert select_negatives(negs, fold_of, 0, 5, seed=1) != select_negatives(negs, fold_of, 0, 5, seed=2)
+
+
+def test_student_units_never_come_from_the_test_fold():
+    class U:
+        def __init__(self, sid):
+            self.session_id = sid
+    units = [U(f"s{i % 6}") for i in range(30)] + [U("unlabelled-session")] * 4
+    fold_of = {f"s{i}": i % 3 for i in range(6)}
+    for k in range(3):
+        idx = table1_v2.student_units(units, fold_of, k, cap=None)
+        assert all(fold_of.get(units[j].session_id, -1) != k for j in idx)
+        assert sum(units[j].session_id == "unlabelled-session" for j in idx) == 4  # in no fold: always usable
+        assert len(table1_v2.student_units(units, fold_of, k, cap=5)) == 5
+
+
+# --- the v2 context on the fixture: grouped folds ---------------------------------------------------
+@pytest.fixture(scope="module")
+def ctx(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("v2ctx")
+    return table1_v2.build_v2_context(table1_v2.CONFIGS["smoke"], FIXTURES / "data", FIXTURES / "labels", "cpu",
+                                      tmp / "work", tmp / "results")
+
+
+def test_v2_context_scores_all_real_labels_with_review_annotations(ctx):
+    ids = [i.id for i in ctx.real]
+    assert len(ids) == len(set(ids)) == 60 + 2 + 19  # real_dev + the two fixture label files
+    rev = table1_v2.review_target(ctx.real)
+    assert np.isnan(rev[:60]).all()  # real_dev items carry no review annotation
+    assert (~np.isnan(rev[60:])).all() and np.nansum(rev) == 3
+
+
+def test_folds_are_grouped_by_session_and_training_never_sees_the_test_fold(ctx):
+    sessions_dev = set(ctx.truth)
+    folds = ctx.item_folds
+    for sid in {i.session_id for i in ctx.real}:
+        assert len({f for f, i in zip(folds, ctx.real) if i.session_id == sid}) == 1
+    assert ctx.negatives and {i.session_id for i in ctx.negatives} <= sessions_dev
+    labelled = {(i.session_id, i.turn) for i in ctx.real}
+    assert not any((i.session_id, i.turn) in labelled for i in ctx.negatives)
+    for k in range(ctx.cfg.n_folds):
+        train, w = ctx.train_split(k)
+        assert len(train) == len(w)
+        assert all(ctx.fold_of[i.session_id] != k for i in train if i.real)
+        negs = [i for i in train if i.id.startswith("neg-")]
+        assert 0 < len(negs) <= ctx.v2.negatives_cap
+        _, sess_folds = ctx.session_examples()
+        assert (sess_folds == k).any()  # every fold scores some sessions_dev microdialogues
+
+
+def test_deadline_stops_a_row_that_would_overrun_but_keeps_a_finished_one(ctx):
+    import time
+    ctx.deadline = time.time() + 100
+    try:
+        started = time.time() - 60  # one fold took 60 s: two more would end ~20 s late
+        with pytest.raises(table1_v2.RowSkipped, match="1/3 folds"):
+            ctx.check_time(started, 1, 3, "row")
+        ctx.check_time(time.time() - 30, 1, 3, "row")  # 60 s more: in time
+        ctx.deadline = time.time() - 1
+        ctx.check_time(started, 3, 3, "row")  # all folds done: kept even past the deadline
+    finally:
+        ctx.deadline = None
+
+
+# --- the masked review loss ------------------------------------------------------------------------
+def test_masked_bce_ignores_items_without_a_review_annotation():
+    logits = torch.tensor([2.0, -1.0, 0.5, 3.0], requires_grad=True)
+    target = torch.tensor([1.0, float("nan"), 0.0, float("nan")])
+    loss = masked_bce(logits, target)
+    want = torch.nn.functional.binary_cross_entropy_with_logits(logits[[0, 2]].detach(), torch.tensor([1.0, 0.0]))
+    assert loss.item() == pytest.approx(want.item())
+    loss.backward()
+    assert logits.grad[1] == 0 and logits.grad[3] == 0 and logits.grad[0] != 0 and logits.grad[2] != 0
+    none = torch.tensor([1.0, 2.0], requires_grad=True)
+    empty = masked_bce(none, torch.tensor([float("nan"), float("nan")]))
+    empty.backward()
+    assert empty.item() == 0.0 and (none.grad == 0).all()
+    assert review_pos_weight(np.array([1, 0, 0, 0, 0, np.nan, 0, 0, 0, 0])) == pytest.approx(np.sqrt(8))
+
+
+def test_joint_head_class_output_is_the_plain_head():
+    torch.manual_seed(0)
+    head = JointHead(6, 4, 5, 0.0).eval()
+    x = torch.randn(3, 6)
+    logits, review = head(x)
+    assert torch.allclose(logits, head.cls(x)) and review.shape == (3,)
+
+
+# --- metrics and the decision rule on hand-made examples ------------------------------------------
+def test_binary_metrics_exact():
+    m = binary_metrics(np.array([1, 1, 1, 0, 0, 0], bool), np.array([1, 1, 0, 1, 0, 0], bool))
+    assert (m["precision"], m["recall"], m["f1"]) == pytest.approx((2 / 3, 2 / 3, 2 / 3))
+    assert (m["n"], m["positives"], m["predicted"]) == (6, 3, 3)
+    assert binary_metrics(np.zeros(3, bool), np.zeros(3, bool))["f1"] == 0.0
+
+
+def _p(*rows):
+    return np.array(rows, dtype=float)
+
+
+def test_event_labels_apply_class_thresholds():
+    probs = _p([0.7, 0.1, 0.1, 0.0, 0.1], [0.4, 0.1, 0.1, 0.0, 0.4], [0.0, 0.9, 0.0, 0.0, 0.1], [0.1, 0.1, 0.1, 0.1, 0.6])
+    thr = np.array([0.6, 0.95, 0.5, 0.5, 0.0])
+    assert event_labels(probs, thr).tolist() == [P, N, N, N]  # take_action 0.9 < 0.95; ties go to the first
+    assert event_labels(probs, np.zeros(5)).tolist() == [P, P, T, N]
+
+
+def test_class_thresholds_favour_precision():
+    # take_action scores: truths at 0.9, 0.8, 0.6; false alarms at 0.7 and 0.5
+    probs = np.zeros((6, 5))
+    for i, (p, _) in enumerate([(0.9, T), (0.8, T), (0.6, T), (0.7, N), (0.5, N), (0.1, N)]):
+        probs[i, T], probs[i, N] = p, 1 - p
+    y = np.array([T, T, T, N, N, N])
+    thr = choose_class_thresholds(probs, y, beta=0.5)
+    # t<=0.5: P 3/5 R 1 (F0.5 .652); 0.55-0.6: P 3/4 R 1 (.789); 0.65-0.7: P 2/3 R 2/3; 0.75-0.8: P 1 R 2/3 (.909)
+    assert thr[T] == pytest.approx(0.8)
+    assert choose_class_thresholds(probs, y, beta=2.0)[T] == pytest.approx(0.6)  # recall first: keep all three
+    assert thr[N] == 0.0
+    assert choose_event_threshold(probs, y, beta=0.5)[T] == pytest.approx(0.8)
+
+
+def test_thresholds_are_chosen_out_of_fold():
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(5), size=60)
+    y = rng.integers(0, 5, size=60)
+    folds = np.repeat([0, 1, 2], 20)
+    choose = lambda p, t: choose_class_thresholds(p, t)  # noqa: E731
+    pred, thr = cross_fitted(probs, y, folds, choose)
+    for k in range(3):
+        np.testing.assert_allclose(thr[k], choose(probs[folds != k], y[folds != k]))
+        assert (pred[folds == k] == event_labels(probs[folds == k], np.array(thr[k]))).all()
+    # fold 0's own labels never move fold 0's thresholds; they do move the other folds'
+    y2 = y.copy()
+    y2[folds == 0] = N
+    _, thr2 = cross_fitted(probs, y2, folds, choose)
+    assert thr2[0] == thr[0] and (thr2[1], thr2[2]) != (thr[1], thr[2])
+
+
+def test_homework_curve_exact():
+    probs = _p([0.9, 0, 0, 0, 0.1], [0.6, 0, 0, 0, 0.4], [0.2, 0, 0, 0, 0.8])
+    y = np.array([P, N, P])
+    curve = {round(c["threshold"], 2): c for c in homework_curve(probs, y, np.array([0.5, 0.7, 0.95]))}
+    assert (curve[0.5]["precision"], curve[0.5]["recall"]) == pytest.approx((0.5, 0.5))
+    assert (curve[0.7]["precision"], curve[0.7]["recall"]) == pytest.approx((1.0, 0.5))
+    assert curve[0.95]["f1"] == 0.0
+
+
+# --- the report section ----------------------------------------------------------------------------
+def test_sections_survive_a_rerun_of_the_other_command(tmp_path):
+    path = tmp_path / "R.md"
+    path.write_text(with_sections("# Table 1\nrows\n", path))
+    path.write_text(with_sections(path.read_text(), path, {"v2": "## v2\nfigures"}))
+    path.write_text(with_sections("# Table 1\nnew rows\n", path))  # table1 rewrites its part
+    text = path.read_text()
+    assert text.startswith("# Table 1\nnew rows\n") and "## v2\nfigures" in text and text.count("## v2") == 1
+    path.write_text(with_sections(path.read_text(), path, {"v2": "## v2\nnew figures"}))
+    assert "new rows" in path.read_text() and "new figures" in path.read_text() and "\nfigures" not in path.read_text()
+
+
+def test_v2_command_on_the_fixture(tmp_path):
+    out = tmp_path / "RESULTS.md"
+    out.write_text("# Table 1 (kept)\n")
+    results = table1_v2.main(["--config", "smoke", "--data-dir", str(FIXTURES / "data"), "--labels-dir",
+                              str(FIXTURES / "labels"), "--rows", "tfidf_lr_v2", "--results-dir",
+                              str(tmp_path / "res"), "--work-dir", str(tmp_path / "work"), "--output", str(out)])
+    r = results["tfidf_lr_v2"]
+    assert r["n_items"] == 81 and r["session"]["sessions"] == 6
+    assert set(r["rule"]["per_fold_thresholds"]) == {0, 1, 2}
+    assert "review" not in r  # TF-IDF has no review output
+    md = out.read_text()
+    assert md.startswith("# Table 1 (kept)") and "<!-- section:v2:begin -->" in md
+    assert md.count("needs GPU: `bash training/gpu_run_v2.sh`") == len(table1_v2.ROWS) - 1
+    js = json.loads((tmp_path / "RESULTS_v2.json").read_text())
+    assert js["missing"] == [r for r in table1_v2.ROWS if r != "tfidf_lr_v2"]
+    res = json.loads((tmp_path / "res" / "tfidf_lr_v2.json").read_text())
+    assert len(res["item_logits"]) == 81 and len(res["session_logits"]) == 38
+
+
+# --- the GPU script, end to end on CPU ---------------------------------------------------------------
+def _tiny_mpnet(path: Path) -> Path:
+    """A small random MPNet (MPNet's input names) with the MiniLM tokenizer: the MPNet code path, fast."""
+    from transformers import AutoTokenizer, MPNetConfig, MPNetModel
+
+    from homework_monitor.model import base_encoder_path
+    torch.manual_seed(0)
+    MPNetModel(MPNetConfig(vocab_size=30527, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           intermediate_size=128)).save_pretrained(str(path))
+    AutoTokenizer.from_pretrained(str(base_encoder_path()), model_input_names=["input_ids", "attention_mask"]
+                                  ).save_pretrained(str(path))
+    return path
+
+
+@pytest.mark.slow
+def test_gpu_script_dry_run_on_cpu(tmp_path):
+    """Pack -> staged parts -> unpack -> every GPU row -> served student, as on the H100 (smoke, CPU)."""
+    env = {**os.environ, "PY": f"{sys.executable} -P", "DATA": str(FIXTURES / "data"), "NO_WHL": "1",
+           "STAGE": str(tmp_path / "stage"), "WORK": str(tmp_path / "pack"), "PART_MB": "8"}
+    subprocess.run(["bash", "training/gpu_pack_v2.sh"], cwd=ROOT, env=env, check=True)
+    parts = sorted((tmp_path / "stage").glob("payload.tar.*"))
+    assert len(parts) >= 3 and all(p.stat().st_size <= 8 << 20 for p in parts)
+    # A part that did not arrive (a machine replaced between calls) stops the run and is named.
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for p in [*parts[:1], *parts[2:], tmp_path / "stage" / "PARTS.sha256"]:
+        (broken / p.name).write_bytes(p.read_bytes())
+    env_broken = {**os.environ, "STAGE_DIR": str(broken), "CARRIED": str(tmp_path / "none"),
+                  "UNPACK": str(tmp_path / "u0"), "WORK": str(tmp_path / "w0"), "OUT": str(tmp_path / "o0")}
+    failed = subprocess.run(["bash", "training/gpu_run_v2.sh"], cwd=ROOT, env=env_broken, capture_output=True,
+                            text=True)
+    assert failed.returncode == 2 and f"{parts[1].name}: FAILED" in failed.stdout, failed.stdout
+    mpnet = _tiny_mpnet(tmp_path / "mpnet")
+    out = tmp_path / "out"
+    env = {**os.environ, "PY": f"{sys.executable} -P", "CONFIG": "smoke", "DEVICE": "cpu", "SKIP_WHL": "1",
+           "LABELS": str(FIXTURES / "labels"), "MPNET": str(mpnet), "OUT": str(out),
+           "STAGE_DIR": str(tmp_path / "stage"), "CARRIED": str(tmp_path / "none"), "UNPACK": str(tmp_path / "unpack"), "WORK": str(tmp_path / "w")}
+    done = subprocess.run(["bash", "training/gpu_run_v2.sh"], cwd=ROOT, env=env, capture_output=True, text=True)
+    log = (out / "gpu_v2.log").read_text()
+    assert done.returncode == 0, log[-3000:]
+    assert "SKIPPED" not in log, log[-3000:]
+    res = tmp_path / "res"
+    with tarfile.open(out / "results_v2.tgz") as tf:
+        tf.extractall(res, filter="data")
+    gpu_rows = [r for r in table1_v2.ROWS if r not in table1_v2.CPU_ROWS]
+    assert sorted(p.stem for p in res.glob("*.json")) == sorted(gpu_rows)
+    for row in gpu_rows:
+        d = json.loads((res / f"{row}.json").read_text())
+        assert len(d["item_logits"]) == 81 and len(d["review_logits"]) == 81
+        assert np.isfinite(d["item_logits"]).all()
+    student = json.loads((res / "minilm_student_v2.json").read_text())
+    assert student["notes"]["teacher"] in ("mpnet_finetuned_v2", "minilm_finetuned_v2")
+    assert student["notes"]["units_per_fold"] == 20
+
+    art = tmp_path / "art"
+    art.mkdir()
+    blob = b"".join(p.read_bytes() for p in sorted(out.glob("artifact.tgz.part-*")))
+    (tmp_path / "a.tgz").write_bytes(blob)
+    with tarfile.open(tmp_path / "a.tgz") as tf:
+        tf.extractall(art, filter="data")
+    spec = json.loads((art / "artifact" / "model.json").read_text())
+    assert spec["extra"]["row"] == "minilm_student_v2" and spec["extra"]["review_head"]["file"]
+    assert (art / "artifact" / "review_head.safetensors").exists()
+    assert (art / "artifact" / "encoder" / "model.onnx").exists()
+    from homework_monitor.model import HomeworkClassifier
+    probs = HomeworkClassifier(art / "artifact").predict_proba([Example("Write it down each night.", "Okay.")])
+    assert probs.shape == (1, len(CLASSES)) and probs.sum() == pytest.approx(1.0, abs=1e-5)
