@@ -9,7 +9,7 @@ accounting of every input (records on the utterances topic = the worker's outcom
 
   python benchmarks/stream_latency.py --sessions 200 --duration 150
   python benchmarks/stream_latency.py --sessions 50,200,500,1000 --duration 180 --out benchmarks/results/sweep.json
-  python benchmarks/stream_latency.py --sessions 200 --duration 600 --sample-every 10 --out benchmarks/results/soak.json
+  python benchmarks/stream_latency.py --sessions 200 --duration 600 --sustain --sample-every 10 --out benchmarks/results/soak.json
 """
 from __future__ import annotations
 
@@ -29,7 +29,14 @@ import numpy as np  # noqa: E402
 
 from homework_monitor.deploy.local_stack import Ports, start_broker, start_triton, start_worker  # noqa: E402
 from homework_monitor.deploy.services import ServiceStack  # noqa: E402
-from homework_monitor.producers.replay import demo_sessions_dir, make_producer, read_sessions, replay, schedule  # noqa: E402
+from homework_monitor.producers.replay import (  # noqa: E402
+    demo_sessions_dir,
+    make_producer,
+    read_sessions,
+    replay,
+    schedule,
+    sustained,
+)
 from homework_monitor.stream.config import Settings  # noqa: E402
 
 
@@ -134,11 +141,14 @@ def topic_records(settings) -> int:
 
 def run_once(n_sessions: int, a: argparse.Namespace) -> dict:
     base = read_sessions([demo_sessions_dir()])
-    copies = -(-n_sessions // len(base))
     stagger = a.stagger if a.stagger is not None else 30.0 / n_sessions
-    keep = {f"{s['session_id']}#{c}" for c in range(copies) for s in base}
-    keep = set(sorted(keep, key=lambda k: int(k.split("#")[1]))[:n_sessions])
-    msgs = [m for m in schedule(base, a.speed, stagger, copies) if m.at <= a.duration and m.key in keep]
+    if a.sustain:  # n_sessions live all the time: each ended session is followed by a new one
+        msgs = sustained(base, n_sessions, a.duration, a.speed, stagger)
+    else:
+        copies = -(-n_sessions // len(base))
+        keep = {f"{s['session_id']}#{c}" for c in range(copies) for s in base}
+        keep = set(sorted(keep, key=lambda k: int(k.split("#")[1]))[:n_sessions])
+        msgs = [m for m in schedule(base, a.speed, stagger, copies) if m.at <= a.duration and m.key in keep]
     run_dir = Path(tempfile.mkdtemp(prefix="hwm-bench-"))
     log_dir = run_dir / "logs"
     ports = Ports.free()
@@ -211,7 +221,8 @@ def run_once(n_sessions: int, a: argparse.Namespace) -> dict:
         "command": " ".join(["python", "benchmarks/stream_latency.py", *sys.argv[1:]]),
         "machine": f"{platform.node()}: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
                    f"CPU tritonserver, load at end {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}",
-        "sessions": n_sessions, "duration_s": a.duration, "speed": a.speed, "messages": counts,
+        "sessions": n_sessions, "sustained": a.sustain, "session_ids": len({m.key for m in msgs}),
+        "duration_s": a.duration, "speed": a.speed, "messages": counts,
         "utterances_per_s": round(counts["utterance"] / replay_s, 1),
         "events": len(lat), "events_per_s": round(len(lat) / replay_s, 2),
         "microdialogues": counter_sum(metrics, "hwm_microdialogues_total "),
@@ -250,6 +261,8 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=150.0, help="seconds of replay (bounded load)")
     p.add_argument("--stagger", type=float, default=None, help="default: spread starts over 30 s")
     p.add_argument("--speed", type=float, default=1.0)
+    p.add_argument("--sustain", action="store_true",
+                   help="keep N sessions live for the whole duration (a new session when one ends): soak runs")
     p.add_argument("--sample-every", type=float, default=5.0, help="seconds between RSS / lag samples")
     p.add_argument("--drain-timeout", type=float, default=120.0)
     p.add_argument("--out", type=Path, default=None, help="also write the results (a JSON list) here")

@@ -103,6 +103,22 @@ def schedule(sessions: Sequence[dict], speed: float, stagger_s: float, copies: i
     return sorted(msgs, key=lambda m: m.at)
 
 
+def sustained(sessions: Sequence[dict], slots: int, duration_s: float, speed: float = 1.0,
+              stagger_s: float = 0.0, gap_s: float = FOLLOW_UP_GAP_S) -> list[Scheduled]:
+    """``slots`` sessions live at every moment for ``duration_s`` (soak tests): each slot plays the
+    sessions one after another, a new one ``gap_s`` after the last ended, with fresh session ids
+    (``<id>#<slot>.<n>``). Messages of sessions cut by the end of the run are dropped after it."""
+    msgs: list[Scheduled] = []
+    for slot in range(slots):
+        at, n = slot * stagger_s, 0
+        while at < duration_s:
+            s = sessions[(slot + n * slots) % len(sessions)]
+            session = session_messages(s, at, speed, f"{s['session_id']}#{slot}.{n}")
+            msgs += [m for m in session if m.at <= duration_s]
+            at, n = session[-1].at + gap_s, n + 1
+    return sorted(msgs, key=lambda m: m.at)
+
+
 def make_producer(settings):
     from kafka import KafkaProducer
     return KafkaProducer(acks="all", linger_ms=2, **settings.kafka_client_kwargs())

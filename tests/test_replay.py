@@ -13,6 +13,7 @@ from homework_monitor.producers.replay import (
     read_sessions,
     schedule,
     session_messages,
+    sustained,
     utterance_offsets,
 )
 from homework_monitor.stream.schemas import INBOUND, SessionEnd, SessionStart, Utterance
@@ -133,6 +134,21 @@ def test_schedule_is_sorted_by_time_with_staggered_starts():
         assert kinds[0] == "session_start" and kinds[-1] == "session_end"
         assert [m.seq for m in by[k] if m.kind == "utterance"] == list(range(n))
         assert decoded(by[k][-1:])[0].n_utterances == n
+
+
+def test_sustained_keeps_every_slot_busy_until_the_end():
+    # sessions of 10 s (utterances at 0, 2, ..., 10 s of real timing), a new one 1 s after the last ends
+    msgs = sustained([session("a", n=6, start_s=[0, 2, 4, 6, 8, 10]), session("b", n=6, start_s=[0, 2, 4, 6, 8, 10])],
+                     slots=3, duration_s=30.0, stagger_s=0.5, gap_s=1.0)
+    assert [m.at for m in msgs] == sorted(m.at for m in msgs) and max(m.at for m in msgs) <= 30.0
+    by = _per_session(msgs)
+    for slot in range(3):
+        mine = sorted((k for k in by if k.split("#")[1].startswith(f"{slot}.")), key=lambda k: by[k][0].at)
+        assert [k.split("#")[1] for k in mine] == [f"{slot}.{n}" for n in range(3)]  # 0-10, 11-21, 22-30 (cut)
+        starts = [by[k][0].at for k in mine]
+        assert starts[0] == slot * 0.5 and all(abs(b - a - 11.0) < 0.01 for a, b in zip(starts, starts[1:]))
+        assert [m.kind for m in by[mine[0]]][-1] == "session_end" and by[mine[-1]][-1].kind != "session_end"
+    assert {k.split("#")[0] for k in by} == {"a", "b"}  # slots take turns through the sessions
 
 
 def test_copies_make_distinct_session_ids():
