@@ -73,27 +73,11 @@ def train_joint_head(X: np.ndarray, y: np.ndarray, review: np.ndarray, n_classes
                      sample_weight: np.ndarray | None = None, review_weight: float = 1.0) -> JointHead:
     """``train_head`` with the review output: ``review`` holds 0/1 per item, NaN where not annotated."""
     torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
     head = JointHead(X.shape[1], cfg.hidden, n_classes, cfg.dropout)
-    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    loss_fn = nn.CrossEntropyLoss(weight=class_weights(y, n_classes), reduction="none")
     pos_weight = review_pos_weight(review)
-    Xt, yt = torch.from_numpy(X.astype(np.float32)), torch.from_numpy(y.astype(np.int64))
     rt = torch.from_numpy(review.astype(np.float32))
-    sw = torch.from_numpy((sample_weight if sample_weight is not None else np.ones(len(y))).astype(np.float32))
-    head.train()
-    for _ in range(cfg.epochs):
-        perm = rng.permutation(len(y))
-        for i in range(0, len(y), cfg.batch_size):
-            idx = torch.from_numpy(perm[i:i + cfg.batch_size])
-            logits, rev = head(Xt[idx])
-            loss = (loss_fn(logits, yt[idx]) * sw[idx]).sum() / sw[idx].sum()
-            loss = loss + review_weight * masked_bce(rev, rt[idx], pos_weight)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    head.eval()
-    return head
+    return _fit(head, X, y, n_classes, cfg, sample_weight,
+                lambda rev, idx: review_weight * masked_bce(rev, rt[idx], pos_weight))
 
 
 @torch.inference_mode()
@@ -105,19 +89,28 @@ def joint_head_logits(head: JointHead, X: np.ndarray) -> tuple[np.ndarray, np.nd
 def train_head(X: np.ndarray, y: np.ndarray, n_classes: int, cfg: HeadConfig,
                sample_weight: np.ndarray | None = None) -> Head:
     torch.manual_seed(cfg.seed)
+    return _fit(Head(X.shape[1], cfg.hidden, n_classes, cfg.dropout), X, y, n_classes, cfg, sample_weight)
+
+
+def _fit(head, X: np.ndarray, y: np.ndarray, n_classes: int, cfg: HeadConfig, sample_weight: np.ndarray | None,
+         review_loss=None):
+    """The heads' training loop: class-weighted cross-entropy per item times its sample weight, plus
+    ``review_loss(review_logits, idx)`` for a head that also outputs the review logit."""
     rng = np.random.default_rng(cfg.seed)
-    head = Head(X.shape[1], cfg.hidden, n_classes, cfg.dropout)
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     loss_fn = nn.CrossEntropyLoss(weight=class_weights(y, n_classes), reduction="none")
     Xt, yt = torch.from_numpy(X.astype(np.float32)), torch.from_numpy(y.astype(np.int64))
-    sw = torch.from_numpy((sample_weight if sample_weight is not None
-                           else np.ones(len(y))).astype(np.float32))
+    sw = torch.from_numpy((sample_weight if sample_weight is not None else np.ones(len(y))).astype(np.float32))
     head.train()
     for _ in range(cfg.epochs):
         perm = rng.permutation(len(y))
         for i in range(0, len(y), cfg.batch_size):
             idx = torch.from_numpy(perm[i:i + cfg.batch_size])
-            loss = (loss_fn(head(Xt[idx]), yt[idx]) * sw[idx]).sum() / sw[idx].sum()
+            out = head(Xt[idx])
+            logits = out[0] if review_loss is not None else out
+            loss = (loss_fn(logits, yt[idx]) * sw[idx]).sum() / sw[idx].sum()
+            if review_loss is not None:
+                loss = loss + review_loss(out[1], idx)
             opt.zero_grad()
             loss.backward()
             opt.step()
