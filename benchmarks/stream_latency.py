@@ -93,37 +93,31 @@ def outcomes(metrics: str) -> dict[str, float]:
 
 
 class Sampler(threading.Thread):
-    """Every ``every`` seconds: worker RSS, tritonserver RSS (with its stub) and the consumer group's lag
-    in records (end offsets of the utterances topic minus the worker's committed offsets)."""
+    """Every ``every`` seconds: worker RSS, tritonserver RSS (with its stub) and the consumer lag in
+    records: inputs on the topic so far (the replay's sends plus the worker's own checks) minus inputs
+    the worker has given an outcome."""
 
-    def __init__(self, settings, worker_pid: int, triton_pid: int, every: float):
+    def __init__(self, metrics_url: str, worker_pid: int, triton_pid: int, every: float, sent_so_far):
         super().__init__(daemon=True)
-        self.settings, self.worker_pid, self.triton_pid, self.every = settings, worker_pid, triton_pid, every
+        self.metrics_url, self.worker_pid, self.triton_pid, self.every = metrics_url, worker_pid, triton_pid, every
+        self.sent_so_far = sent_so_far
         self.samples: list[dict] = []
         self.stop = threading.Event()
 
-    def lag(self, admin, consumer) -> int | None:
-        from kafka import TopicPartition
-        parts = [TopicPartition(self.settings.topics.utterances, i) for i in range(self.settings.topic_partitions)]
+    def lag(self) -> int | None:
+        import urllib.request
         try:
-            end = consumer.end_offsets(parts)
-            committed = admin.list_consumer_group_offsets(self.settings.app_id)
-        except Exception:  # noqa: BLE001 - a missed sample, not a failed run
+            text = urllib.request.urlopen(self.metrics_url, timeout=5).read().decode()
+        except OSError:  # a missed sample, not a failed run
             return None
-        return int(sum(end[tp] - (committed[tp].offset if tp in committed and committed[tp].offset >= 0 else 0)
-                       for tp in parts))
+        into_topic = self.sent_so_far() + counter_sum(text, "hwm_checks_sent_total ")
+        return int(into_topic - sum(outcomes(text).values()))
 
     def run(self) -> None:
-        from kafka import KafkaAdminClient, KafkaConsumer
-        kw = self.settings.kafka_client_kwargs()
-        admin, consumer = KafkaAdminClient(**kw), KafkaConsumer(**kw)
         t0 = time.time()
         while not self.stop.wait(self.every):
             self.samples.append({"t_s": round(time.time() - t0, 1), "worker_rss_mb": round(rss_mb(self.worker_pid), 1),
-                                 "triton_rss_mb": round(tree_rss_mb(self.triton_pid), 1),
-                                 "lag_records": self.lag(admin, consumer)})
-        admin.close()
-        consumer.close()
+                                 "triton_rss_mb": round(tree_rss_mb(self.triton_pid), 1), "lag_records": self.lag()})
 
 
 def topic_records(settings) -> int:
@@ -177,10 +171,13 @@ def run_once(n_sessions: int, a: argparse.Namespace) -> dict:
 
         th = threading.Thread(target=consume, daemon=True)
         th.start()
-        sampler = Sampler(settings, worker_pid, stack["tritonserver"].pid, a.sample_every)
+        n_sent = [0]
+        sampler = Sampler(f"http://127.0.0.1:{ports.worker_metrics}/metrics", worker_pid,
+                          stack["tritonserver"].pid, a.sample_every, lambda: n_sent[0])
         sampler.start()
 
         def on_sent(m, t):
+            n_sent[0] += 1
             if m.seq is not None:
                 sent[(m.key, m.seq)] = t
 
@@ -231,7 +228,7 @@ def run_once(n_sessions: int, a: argparse.Namespace) -> dict:
                        "p99": round(float(np.percentile(lat, 99)), 1), "max": round(float(lat.max()), 1)} if len(lat) else None,
         "worker_side_latency": histogram_quantiles(metrics, "hwm_utterance_to_event_seconds"),
         "inbound_lag_kafka_to_worker": histogram_quantiles(metrics, "hwm_inbound_lag_seconds"),
-        # end offsets minus committed offsets, sampled (approximate on tansu: see topic_records)
+        # inputs on the topic not yet given an outcome by the worker, sampled
         "consumer_lag_records": {"max": max((s["lag_records"] or 0) for s in samples) if samples else None,
                                  "last": next((s["lag_records"] for s in reversed(samples)
                                                if s["lag_records"] is not None), None)},
@@ -242,7 +239,8 @@ def run_once(n_sessions: int, a: argparse.Namespace) -> dict:
         # in = records on the utterances topic (replayed messages + the worker's own silence checks);
         # out = the worker's outcomes: applied ("ok"), control, skipped (duplicate/late/replayed/no_consent),
         # dead_letter. Equal when nothing was lost.
-        "accounting": {"in": records, "outcomes": got, "accounted": sum(got.values()),
+        "accounting": {"in": records, "sent": n_sent[0], "checks_sent": counter_sum(metrics, "hwm_checks_sent_total "),
+                       "outcomes": got, "accounted": sum(got.values()),
                        "balanced": sum(got.values()) == records},
         "where_time_goes": {
             "classifier_call_ms_mean": round(cls_mean * 1000, 1), "classifier_calls": int(cls_n),

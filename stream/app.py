@@ -526,6 +526,7 @@ def create_app(settings: Settings, classifier: Classifier | None = None,
                 due.append(sid)
         for sid in due:
             await utterances.send(key=sid.encode(), value=_dump(SilenceCheck(session_id=sid, at=now)))
+            metrics.CHECKS_SENT.inc()
 
     @app.timer(interval=settings.source_rewind_interval_s)
     async def source_rewinds():

@@ -6,6 +6,8 @@ from prometheus_client import Counter, Gauge, Histogram
 UTTERANCES = Counter("hwm_utterances_total", "Inbound messages by outcome",
                      ["result"])  # ok | duplicate | late | control | no_consent | dead_letter
 DEAD_LETTERS = Counter("hwm_dead_letter_total", "Messages sent to the dead-letter topic", ["reason"])
+CHECKS_SENT = Counter("hwm_checks_sent_total", "Silence and nudge checks the worker sent through the utterances "
+                      "topic (they come back as 'control' inputs)")
 MICRODIALOGUES = Counter("hwm_microdialogues_total", "Microdialogues classified")
 EVENTS = Counter("hwm_homework_events_total", "Homework events emitted", ["category"])
 SUMMARIES = Counter("hwm_session_summaries_total", "Session summaries emitted", ["homework_assigned"])
