@@ -133,11 +133,14 @@ class BrokenClassifier:
 async def test_a_failed_batch_stops_the_worker_without_output_or_commit(settings_factory, clock, sent,
                                                                          utterance_factory, caplog):
     stops: list[str] = []
-    app = create_app(settings_factory(batch_within_s=0.005, batch_size=16, fatal_exit_delay_s=0),
+    # One batch for the three messages (a long batch window, nothing awaited between the puts): the
+    # batch that fails is the session's first, so nothing at all may come out of it.
+    app = create_app(settings_factory(batch_within_s=0.5, batch_size=16, fatal_exit_delay_s=0),
                      classifier=BrokenClassifier(), clock=clock, stop_worker=lambda a, reason: stops.append(reason))
     s, later = utterance_factory("s1"), utterance_factory("s2")
     async with app.monitor_agent.test_context() as agent:
-        await put_all(agent, [s.therapist("Please breathe slowly, PHI-MARKER-7731."), s.client("Okay."), s.end()])
+        for m in (s.therapist("Please breathe slowly, PHI-MARKER-7731."), s.client("Okay."), s.end()):
+            await agent.put(key=m.session_id.encode(), value=m.model_dump_json().encode(), wait=False)
         await wait_for(agent, lambda: stops)
         for m in (later.start(), later.end()):  # nothing after the failed batch is processed
             await agent.put(key=m.session_id.encode(), value=m.model_dump_json().encode(), wait=False)
