@@ -400,7 +400,8 @@ def create_app(settings: Settings, classifier: Classifier | None = None,
     nudges = app.topic(t.nudges, partitions=settings.topic_partitions)
     opened = app.topic(t.session_opened, partitions=settings.topic_partitions)
     dead_letter = app.topic(t.dead_letter, partitions=1)
-    sessions = cast(SessionTable, app.Table("sessions", default=None, partitions=settings.topic_partitions))
+    sessions = cast(SessionTable, app.Table("sessions", default=None, partitions=settings.topic_partitions,
+                                            options=settings.table_store_options() or None))
     # Cross-session follow-up (docs/NUDGES.md). The utterances are partitioned by session, so a table keyed
     # by client is not co-partitioned with them: a session's worker may own none of its client's table
     # partition. So every worker holds the whole history (a GlobalTable, read locally at session start),
@@ -412,7 +413,8 @@ def create_app(settings: Settings, classifier: Classifier | None = None,
         "client_history", default=None, partitions=1,
         # every worker keeps reading all of the changelog after recovery (faust-streaming issue #283),
         # and applies it record by record (the workaround faust's GlobalTable documents)
-        synchronize_all_active_partitions=True, recovery_buffer_size=1))
+        synchronize_all_active_partitions=True, recovery_buffer_size=1,
+        options=settings.table_store_options() or None))
     nudge_cfg = NudgeConfig.from_settings(settings)
     decoded = DecodedStates()
     gate = SourceGate(t.utterances, sessions, settings, clock, decoded)

@@ -93,3 +93,19 @@ def test_dead_letter_topic_has_one_partition(settings_factory):
     counts = settings_factory(topic_partitions=6).topic_partition_counts()
     assert counts == {"utterances": 6, "homework-events": 6, "session-summaries": 6, "nudges": 6,
                       "session-opened": 6, "dead-letter": 1}
+
+
+def test_rocksdb_memory_is_bounded_by_settings(settings_factory, monkeypatch):
+    monkeypatch.setenv("HWM_TABLE_WRITE_BUFFER_MB", "2")
+    opts = settings_factory().table_store_options()
+    assert opts["write_buffer_size"] == 2 * 1024 * 1024 and opts["max_write_buffer_number"] == 2
+    assert opts["block_cache_size"] == 8 * 1024 * 1024
+    assert settings_factory(table_store="memory").table_store_options() == {}
+
+
+def test_the_worker_opens_its_tables_with_those_options(settings_factory, tmp_path):
+    from homework_monitor.stream.app import create_app
+    app = create_app(settings_factory(run_dir=tmp_path), serve_metrics=False)
+    for table in (app.sessions_table, app.client_history_table):
+        assert table.data.rocksdb_options.write_buffer_size == 4 * 1024 * 1024
+        assert table.data.rocksdb_options.block_cache_size == 8 * 1024 * 1024
