@@ -76,10 +76,12 @@ def histogram_quantiles(text: str, name: str, qs=(0.5, 0.99)) -> dict[str, float
 def tree_rss_mb(pid: int) -> float:
     """RSS of a process and its children (tritonserver + its python-backend stub)."""
     total = rss_mb(pid)
-    try:
-        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        kids = []
+    kids = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):  # a child belongs to the thread that started it
+        try:
+            kids |= set((task / "children").read_text().split())
+        except OSError:
+            continue
     return total + sum(tree_rss_mb(int(k)) for k in kids)
 
 
