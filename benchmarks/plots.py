@@ -1,6 +1,8 @@
 """PNG plots for benchmarks/RESULTS.md from stream_latency.py's JSON output.
 
-  python benchmarks/plots.py --sweep benchmarks/results/sweep.json --soak benchmarks/results/soak.json \
+  python benchmarks/plots.py --sweep benchmarks/results/stream_latency-sweep.json \
+      --soak benchmarks/results/stream_latency-soak-bounded.json \
+      --soak-baseline benchmarks/results/stream_latency-soak-rocksdb-defaults.json --baseline-label "faust's RocksDB defaults" \
       --out benchmarks/results
 
 Writes latency_vs_sessions.png (p50/p95/p99 utterance→event against concurrent sessions, with the
@@ -42,23 +44,26 @@ def latency_vs_sessions(runs: list[dict], out: Path) -> Path:
     return path
 
 
-def soak_rss(run: dict, out: Path) -> Path:
+def soak_rss(run: dict, out: Path, baseline: dict | None = None, baseline_label: str = "before") -> Path:
     samples = run["samples"]
     t = [s["t_s"] / 60 for s in samples]
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
-    ax.plot(t, [s["worker_rss_mb"] for s in samples], label="worker RSS")
-    ax.plot(t, [s["triton_rss_mb"] for s in samples], label="tritonserver + stub RSS")
+    if baseline:
+        ax.plot([s["t_s"] / 60 for s in baseline["samples"]], [s["worker_rss_mb"] for s in baseline["samples"]],
+                linestyle="--", color="tab:blue", alpha=0.5, label=f"worker RSS, {baseline_label}")
+    ax.plot(t, [s["worker_rss_mb"] for s in samples], color="tab:blue", label="worker RSS")
+    ax.plot(t, [s["triton_rss_mb"] for s in samples], color="tab:orange", label="tritonserver + stub RSS")
     ax.set_xlabel("minutes")
     ax.set_ylabel("MB")
     ax.set_ylim(bottom=0)
     ax.set_title(f"Soak: {run['sessions']} real-pace sessions, {run['duration_s'] / 60:.0f} minutes")
     lag = ax.twinx()
-    lag.plot(t, [s["lag_records"] or 0 for s in samples], color="grey", linewidth=0.8, label="consumer lag")
+    lag.plot(t, [s["lag_records"] or 0 for s in samples], color="grey", linewidth=0.6, alpha=0.6, label="consumer lag")
     lag.set_ylabel("consumer lag (records)")
     lag.set_ylim(bottom=0)
     lines = ax.get_legend_handles_labels()
     more = lag.get_legend_handles_labels()
-    ax.legend(lines[0] + more[0], lines[1] + more[1], loc="center right")
+    ax.legend(lines[0] + more[0], lines[1] + more[1], loc="lower right", fontsize=8)
     fig.tight_layout()
     path = out / "soak_rss.png"
     fig.savefig(path)
@@ -70,6 +75,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sweep", type=Path)
     p.add_argument("--soak", type=Path)
+    p.add_argument("--soak-baseline", type=Path, help="an earlier soak whose worker RSS is drawn dashed")
+    p.add_argument("--baseline-label", default="before")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     a = p.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
@@ -77,7 +84,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
     if a.sweep:
         written.append(latency_vs_sessions(json.loads(a.sweep.read_text()), a.out))
     if a.soak:
-        written.append(soak_rss(json.loads(a.soak.read_text())[-1], a.out))
+        baseline = json.loads(a.soak_baseline.read_text())[-1] if a.soak_baseline else None
+        written.append(soak_rss(json.loads(a.soak.read_text())[-1], a.out, baseline, a.baseline_label))
     for path in written:
         print(path)
     return written
