@@ -197,9 +197,10 @@ class DecodedStates:
     record, this spares decoding a session's JSON on every utterance and every silence tick (a third
     of the worker's time with 1,000 sessions, benchmarks/stream_path.py).
 
-    Write-through: the agent puts every state it writes to the table. Cleared whenever partitions are
-    assigned or revoked, because recovery (or another worker) changes the table underneath. Ended
-    sessions are never held: their tombstones expire from the table on their own schedule.
+    Write-through: the agent puts every state it writes to the table. Cleared when partitions are
+    assigned (every rebalance, revocations included) and again when they are positioned after recovery,
+    because recovery (or another worker) changes the table underneath. Ended sessions are never held:
+    their tombstones expire from the table on their own schedule.
     """
 
     def __init__(self) -> None:
