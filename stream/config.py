@@ -223,8 +223,9 @@ class Settings(BaseSettings):
     # changelog written since; ``memory`` replays the whole changelog on every start.
     table_store: Literal["rocksdb", "memory"] = "rocksdb"
     # RocksDB memory per table partition: faust's defaults (3 memtables of 64 MB, a 2 GB block cache)
-    # let a worker's RSS climb for hundreds of MB before the first flush; the session states are
-    # small and read through the worker's decoded-state cache, so small buffers cost nothing measurable.
+    # let a worker's RSS climb for hundreds of MB before the first flush. Small buffers flush the state
+    # writes more often: part of the max-rate gain of the decoded-state cache goes (docs/SCALING.md §2),
+    # nothing measurable at real pace (the soak in benchmarks/RESULTS.md).
     table_write_buffer_mb: int = Field(4, ge=1)
     table_block_cache_mb: int = Field(8, ge=1)
     # Workers that keep a warm copy of each table partition for fast failover (0: none).
