@@ -29,8 +29,11 @@ import urllib.request
 from pathlib import Path
 
 sys.path.append(str(Path(__file__).resolve().parent.parent))  # a checkout without an install
+sys.path.append(str(Path(__file__).resolve().parent))  # the sibling benchmark whose helpers it shares
 
 import numpy as np  # noqa: E402
+from stream_latency import counter_sum as counter  # noqa: E402
+from stream_latency import rss_mb  # noqa: E402
 
 from homework_monitor.stream.schemas import CLASSES  # noqa: E402
 
@@ -76,21 +79,10 @@ def run_stub_worker() -> None:
     Worker(app, loglevel="INFO", quiet=True).execute_from_commandline()
 
 
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def counter(metrics: str, prefix: str) -> float:
-    return sum(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith(prefix))
 
 
 def py_spy_top(pid: int, seconds: int, out: Path) -> dict:
