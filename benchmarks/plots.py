@@ -5,8 +5,12 @@
       --soak-baseline benchmarks/results/stream_latency-soak-rocksdb-defaults.json --baseline-label "faust's RocksDB defaults" \
       --out benchmarks/results
 
+  python benchmarks/plots.py --compare "CPU student (1 pass)=benchmarks/results/stream_latency-student-sweep.json" \
+      --compare "teacher (2 passes)=benchmarks/results/stream_latency-teacher-sweep.json" --out benchmarks/results
+
 Writes latency_vs_sessions.png (p50/p95/p99 utterance→event against concurrent sessions, with the
-300 ms target) and soak_rss.png (worker and tritonserver RSS, and consumer lag, over the soak).
+300 ms target), soak_rss.png (worker and tritonserver RSS, and consumer lag, over the soak) and
+p99_by_model.png (p99 against sessions, one line per labelled sweep).
 """
 from __future__ import annotations
 
@@ -39,6 +43,25 @@ def latency_vs_sessions(runs: list[dict], out: Path) -> Path:
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     path = out / "latency_vs_sessions.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def p99_by_model(sweeps: dict[str, list[dict]], out: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    for label, runs in sweeps.items():
+        runs = sorted((r for r in runs if r.get("latency_ms")), key=lambda r: r["sessions"])
+        ax.plot([r["sessions"] for r in runs], [r["latency_ms"]["p99"] for r in runs], "o-", label=label)
+    ax.axhline(TARGET_P99_MS, color="grey", linestyle="--", linewidth=1, label=f"p99 target {TARGET_P99_MS} ms")
+    ax.set_yscale("log")
+    ax.set_xlabel("concurrent real-pace sessions (one worker, CPU Triton, 2 cores)")
+    ax.set_ylabel("p99 utterance → homework event (ms)")
+    ax.set_title("p99 latency by served model")
+    ax.legend()
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    path = out / "p99_by_model.png"
     fig.savefig(path)
     plt.close(fig)
     return path
@@ -77,6 +100,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
     p.add_argument("--soak", type=Path)
     p.add_argument("--soak-baseline", type=Path, help="an earlier soak whose worker RSS is drawn dashed")
     p.add_argument("--baseline-label", default="before")
+    p.add_argument("--compare", action="append", default=[], metavar="LABEL=SWEEP_JSON",
+                   help="a sweep to draw in p99_by_model.png (repeat)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     a = p.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
@@ -86,6 +111,10 @@ def main(argv: list[str] | None = None) -> list[Path]:
     if a.soak:
         baseline = json.loads(a.soak_baseline.read_text())[-1] if a.soak_baseline else None
         written.append(soak_rss(json.loads(a.soak.read_text())[-1], a.out, baseline, a.baseline_label))
+    if a.compare:
+        sweeps = {label: json.loads(Path(path).read_text())
+                  for label, _, path in (c.partition("=") for c in a.compare)}
+        written.append(p99_by_model(sweeps, a.out))
     for path in written:
         print(path)
     return written
