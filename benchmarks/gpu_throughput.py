@@ -127,8 +127,7 @@ def score_offline(device: str, fp16: bool, params: dict[str, str], count: int, c
     from homework_monitor.runtime import OnnxClassifier
     from homework_monitor.triton_models import SERVED_ARTIFACT
     t0 = time.perf_counter()
-    # The artifact the GPU config serves (the teacher), so offline and Triton figures are the same model.
-    clf = OnnxClassifier(SERVED_ARTIFACT.parent / params["artifact"], device=device, fp16=fp16, threads=threads,
+    clf = OnnxClassifier(SERVED_ARTIFACT, device=device, fp16=fp16, threads=threads,
                          max_bucket=int(params["max_bucket"]), max_waste=float(params["max_waste"]))
     load_s = time.perf_counter() - t0
     pool = list(examples(min(count, 65_536), seed))

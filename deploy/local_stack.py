@@ -3,7 +3,7 @@
 Used by ``homework-monitor demo``, the integration tests and the benchmarks, so all three run the
 same real services. Each service logs to its own file under ``<run_dir>/logs``.
 ``HWM_LOCAL_WORKERS`` workers share one consumer group (:func:`start_workers`); tritonserver runs
-``HWM_TRITON_INSTANCES`` model instances.
+``HWM_TRITON_INSTANCES`` model instances of ``HWM_TRITON_ARTIFACT`` (the default model, or the student).
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from homework_monitor.stream.config import Settings
 from .broker import create_topics, tansu_command, wait_for_port
 from .services import ServiceStack, free_port, scrubbed_environ
 from .triton_runtime import (
+    configured_artifact,
     configured_instances,
     prepare_triton_dist,
     repository_with_instances,
@@ -103,11 +104,13 @@ def start_broker(stack: ServiceStack, settings: Settings, ports: Ports, log_dir:
 
 def served_repository(settings: Settings) -> Path:
     """``settings.model_repository``, or a copy under the run dir whose CPU config runs
-    ``settings.triton_instances`` model instances where the config says otherwise."""
-    if configured_instances(settings.model_repository) == [settings.triton_instances]:
+    ``settings.triton_instances`` model instances and serves ``settings.triton_artifact`` where the
+    config says otherwise."""
+    if (configured_instances(settings.model_repository) == [settings.triton_instances]
+            and configured_artifact(settings.model_repository) == settings.triton_artifact):
         return settings.model_repository
     return repository_with_instances(settings.model_repository, _made(settings.run_dir) / "model-repository",
-                                     settings.triton_instances)
+                                     settings.triton_instances, artifact=settings.triton_artifact)
 
 
 def start_triton(stack: ServiceStack, settings: Settings, ports: Ports, log_dir: Path) -> Settings:

@@ -88,6 +88,7 @@ __all__ = [
     "tritonserver_command",
     "wait_until_ready",
     "find_libpython_dir",
+    "configured_artifact",
     "configured_instances",
     "repository_with_instances",
 ]
@@ -369,10 +370,17 @@ def configured_instances(model_repository: Path, config_name: str | None = None)
     return [group.count or 1 for group in config.instance_group]
 
 
+def configured_artifact(model_repository: Path, config_name: str | None = None) -> str:
+    """The artifact folder (inside the version folder) the chosen config serves."""
+    config = _model_config(_config_path(Path(model_repository) / MODEL_NAME, config_name))
+    return config.parameters["artifact"].string_value or "artifact"
+
+
 def repository_with_instances(model_repository: Path, dest: Path, instances: int,
-                              config_name: str | None = None) -> Path:
+                              config_name: str | None = None, artifact: str | None = None) -> Path:
     """A model repository at ``dest`` serving ``model_repository``'s model with ``instances`` model
-    instances in every instance group of the chosen config; returns ``dest``.
+    instances in every instance group of the chosen config, and ``artifact`` (a folder inside the
+    version folder, e.g. ``artifact/student``) as its served artifact when given; returns ``dest``.
 
     The model's files (version folder with the artifact, warmup samples) are linked, not copied; the
     configs are copied and the chosen one is rewritten through Triton's own protobuf schema.
@@ -380,6 +388,8 @@ def repository_with_instances(model_repository: Path, dest: Path, instances: int
     from google.protobuf import text_format  # noqa: PLC0415
 
     src = Path(model_repository).resolve() / MODEL_NAME
+    if artifact is not None and not (src / "1" / artifact / "model.json").is_file():
+        raise ValueError(f"no model artifact {artifact!r} in {src / '1'} (HWM_TRITON_ARTIFACT)")
     model = Path(dest) / MODEL_NAME
     shutil.rmtree(model, ignore_errors=True)
     model.mkdir(parents=True)
@@ -394,5 +404,7 @@ def repository_with_instances(model_repository: Path, dest: Path, instances: int
     config = _model_config(path)
     for group in config.instance_group:
         group.count = instances
+    if artifact is not None:
+        config.parameters["artifact"].string_value = artifact
     path.write_text(text_format.MessageToString(config))
     return Path(dest)

@@ -14,7 +14,11 @@ from homework_monitor.deploy.local_stack import (
     wait_for_group,
     worker_ids,
 )
-from homework_monitor.deploy.triton_runtime import configured_instances, repository_with_instances
+from homework_monitor.deploy.triton_runtime import (
+    configured_artifact,
+    configured_instances,
+    repository_with_instances,
+)
 from homework_monitor.stream.config import Settings
 
 
@@ -94,3 +98,21 @@ def test_a_group_is_settled_when_running_workers_split_every_partition_once(tmp_
     not_yet = _stack(tmp_path, {"worker-1": ["[0, 1, 2, 3]"], "worker-2": ["[]"]})  # one idle, partitions to spare
     with pytest.raises(TimeoutError):
         wait_for_group(not_yet, list(not_yet), 4, 0)
+
+
+def test_the_student_is_served_by_one_setting(settings_factory, monkeypatch):
+    monkeypatch.setenv("HWM_TRITON_ARTIFACT", "artifact/student")
+    s = settings_factory()
+    repo = served_repository(s)
+    assert repo != s.model_repository and configured_artifact(s.model_repository) == "artifact"
+    assert configured_artifact(repo) == "artifact/student" and configured_instances(repo) == [1]
+    assert (repo / "homework_classifier" / "1" / "artifact" / "student" / "model.json").is_file()
+
+
+def test_an_artifact_that_is_not_there_refuses_to_start(settings_factory, monkeypatch):
+    monkeypatch.setenv("HWM_TRITON_ARTIFACT", "artifact/nothing")
+    with pytest.raises(ValueError, match="artifact/nothing"):
+        served_repository(settings_factory())
+    monkeypatch.setenv("HWM_TRITON_ARTIFACT", "../../etc")  # a folder of the version folder, nothing else
+    with pytest.raises(ValueError):
+        settings_factory()

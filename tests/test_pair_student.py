@@ -1,11 +1,12 @@
 """The served CPU student (``training/pair_student.py``): one encoder pass, distilled from the teacher.
 
 Soft-target training, the fold discipline of its evaluation, the export (swapped in whole, never half)
-and the served layout: the CPU config serves the student, the GPU config the teacher, one encoder.
+and the layout: the student beside its teacher, reading the teacher's encoder.
 """
 from __future__ import annotations
 
 import json
+import shutil
 from types import SimpleNamespace
 
 import numpy as np
@@ -49,17 +50,17 @@ def test_a_fold_learns_nothing_of_its_own_sessions():
         assert len(train.sessions) == sum(fold_of[s] != k for s in sessions)
 
 
-def test_the_cpu_config_serves_the_student_and_the_gpu_config_the_teacher():
-    student = ModelSpec.load(SERVED_ARTIFACT)
-    teacher_dir = ps.teacher_of(SERVED_ARTIFACT)
-    teacher = ModelSpec.load(teacher_dir)
-    assert student.views == ("pair",) and teacher.views == ("pair", "therapist")
+def test_the_student_sits_beside_its_teacher_and_reads_its_encoder():
+    teacher = ModelSpec.load(SERVED_ARTIFACT)
+    student_dir = SERVED_ARTIFACT / ps.STUDENT_DIR
+    student = ModelSpec.load(student_dir)
+    assert teacher.views == ("pair", "therapist") and student.views == ("pair",)
     assert student.extra["teacher"] == teacher.version
-    assert (teacher_dir / teacher.encoder).resolve() == (SERVED_ARTIFACT / student.encoder).resolve()
+    assert (student_dir / student.encoder).resolve() == (SERVED_ARTIFACT / teacher.encoder).resolve()
+    assert not (student_dir / "encoder").exists()  # one copy of the encoder
     model = MODEL_REPOSITORY / "homework_classifier"
-    assert model / "1" / _config_artifact(model / "config.pbtxt") == SERVED_ARTIFACT
-    assert model / "1" / _config_artifact(model / "configs" / "gpu.pbtxt") == teacher_dir
-    for clf in (OnnxClassifier(SERVED_ARTIFACT), OnnxClassifier(teacher_dir)):
+    assert model / "1" / _config_artifact(model / "config.pbtxt") == SERVED_ARTIFACT  # the default
+    for clf in (OnnxClassifier(SERVED_ARTIFACT), OnnxClassifier(student_dir)):
         p = clf.predict_proba(EXAMPLES)
         assert p.shape == (3, len(CLASSES)) and np.allclose(p.sum(1), 1.0, atol=1e-5)
 
@@ -72,29 +73,43 @@ def _data(teacher: OnnxClassifier, dim: int) -> SimpleNamespace:
     return SimpleNamespace(teacher=teacher, pool=pool, data_hash="0123456789abcdef")
 
 
-EVALUATION = {"served": {"temperature": 1.25, "pooled": {"macro_f1": 0.5}, "session": {"sessions": 0}}}
+EVALUATION = {"served": {"temperature": 1.25, "pooled": {"macro_f1": 0.5}, "session": {"sessions": 0},
+                         "turns": {"precision": 0.5}}}
 
 
-def test_export_writes_a_student_beside_its_teacher_sharing_one_encoder(tmp_path):
-    teacher_dir = ps.teacher_of(SERVED_ARTIFACT)
-    teacher = OnnxClassifier(teacher_dir)
-    out = tmp_path / "artifact"
-    ps.export(_data(teacher, teacher.spec.hidden), ps.StudentConfig(epochs=1), EVALUATION, teacher_dir, out)
+@pytest.fixture
+def teacher_copy(tmp_path):
+    """The served teacher (encoder and head) in a folder the test may write a student into."""
+    dest = tmp_path / "artifact"
+    shutil.copytree(SERVED_ARTIFACT, dest, ignore=shutil.ignore_patterns(ps.STUDENT_DIR))
+    return dest
+
+
+def test_export_writes_the_student_beside_its_teacher(teacher_copy):
+    teacher = OnnxClassifier(teacher_copy)
+    before = teacher.predict_proba(EXAMPLES)
+    out = ps.export(_data(teacher, teacher.spec.hidden), ps.StudentConfig(epochs=1), EVALUATION, teacher_copy)
+    assert out == teacher_copy / ps.STUDENT_DIR
     student = OnnxClassifier(out)
     assert student.spec.views == ("pair",) and student.spec.temperature == 1.25
     assert student.spec.version == "minilm_pair_student-01234567"
-    assert json.loads((out / ps.TEACHER_DIR / "model.json").read_text())["encoder"] == "../encoder"
-    assert not (out / ps.TEACHER_DIR / "encoder").exists()  # one copy of the encoder
-    copied = OnnxClassifier(out / ps.TEACHER_DIR)
-    assert np.array_equal(copied.predict_proba(EXAMPLES), teacher.predict_proba(EXAMPLES))
+    assert json.loads((out / "model.json").read_text())["encoder"] == "../encoder"
+    assert np.array_equal(OnnxClassifier(teacher_copy).predict_proba(EXAMPLES), before)  # teacher untouched
 
 
-def test_a_failed_export_leaves_the_served_artifact_as_it_was(tmp_path):
-    teacher_dir = ps.teacher_of(SERVED_ARTIFACT)
-    teacher = OnnxClassifier(teacher_dir)
-    out = tmp_path / "artifact"
-    out.mkdir()
-    (out / "model.json").write_text("{}")
+def test_a_failed_export_leaves_the_previous_student_as_it_was(teacher_copy):
+    teacher = OnnxClassifier(teacher_copy)
+    previous = teacher_copy / ps.STUDENT_DIR
+    previous.mkdir()
+    (previous / "model.json").write_text("{}")
     with pytest.raises(ValueError, match="head shapes"):  # a head that does not fit the encoder
-        ps.export(_data(teacher, 10), ps.StudentConfig(epochs=1), EVALUATION, teacher_dir, out)
-    assert (out / "model.json").read_text() == "{}"
+        ps.export(_data(teacher, 10), ps.StudentConfig(epochs=1), EVALUATION, teacher_copy)
+    assert (previous / "model.json").read_text() == "{}"
+
+
+def test_the_student_is_put_on_its_teachers_probability_scale():
+    from homework_monitor.training.head import fit_temperature_to
+    rng = np.random.default_rng(2)
+    logits = rng.normal(size=(500, len(CLASSES))) * 3
+    teacher = ps.softmax(logits, 2.0)  # the same ranking, twice as soft
+    assert abs(fit_temperature_to(logits, teacher) - 2.0) < 0.05

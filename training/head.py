@@ -141,6 +141,18 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
     return float(min(fine, key=nll))
 
 
+def fit_temperature_to(logits: np.ndarray, target: np.ndarray) -> float:
+    """Temperature whose probabilities come closest (cross-entropy) to another model's probabilities
+    ``target`` on the same items: a student put on its teacher's scale, so thresholds chosen for the
+    teacher keep their meaning."""
+    def ce(t: float) -> float:
+        return float(-(target * np.log(softmax(logits, t) + 1e-12)).sum(1).mean())
+    grid = np.exp(np.linspace(np.log(0.25), np.log(8.0), 61))
+    best = min(grid, key=ce)
+    fine = np.linspace(best * 0.9, best * 1.1, 21)
+    return float(min(fine, key=ce))
+
+
 def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 10) -> float:
     conf, pred = probs.max(1), probs.argmax(1)
     ece, edges = 0.0, np.linspace(0, 1, bins + 1)

@@ -1,30 +1,31 @@
-"""The served CPU student: one encoder pass per microdialogue instead of two, distilled from the teacher.
+"""The CPU student: one encoder pass per microdialogue instead of two, distilled from the served model.
 
-  python -m homework_monitor.training.pair_student            # evaluate, then write the served artifact
+  python -m homework_monitor.training.pair_student     # evaluate, then write <served artifact>/student
 
-The teacher is the fine-tuned MiniLM served until now: its ONNX encoder reads two views of each
+The teacher is the fine-tuned MiniLM the CPU config serves: its ONNX encoder reads two views of each
 microdialogue (the pair "therapist turn + client reply" and the therapist turn alone) and its head reads
 both embeddings. Two encoder passes are most of the CPU cost (docs/SCALING.md section 1). The student
 keeps the teacher's encoder and reads the **pair view only**: a new head on the pair embedding, so one
-pass, and the artifact adds a 400 KB head, not a second encoder.
+pass, and the artifact adds a 400 KB head beside the teacher (``student/``, reading ``../encoder``),
+served where ``HWM_TRITON_ARTIFACT=artifact/student`` (or the Triton config's ``artifact`` parameter).
 
-What the student learns (``training_set``), in the evaluation and for the served artifact alike:
+What the student learns (``Pool.for_config``), in the evaluation and for the written artifact alike:
 - the teacher's own training items with their labels (real_dev, synthetic);
 - the teacher's temperature-scaled probabilities on every unlabeled microdialogue of the corpora
   (21k units: distillation, no gold label involved);
 - the labels the teacher never saw: the annotation rounds (``training/labels``) and the clinical
-  negatives of ``sessions_dev`` (therapist turns neither annotator marked, at most
-  ``negatives_cap``).
+  negatives of ``sessions_dev`` (therapist turns neither annotator marked).
 
-How it is judged (``evaluate``), on real items the teacher never trained on (the annotation rounds):
+How it is judged (``evaluate``), on real items the teacher never trained on (the annotation rounds) and
+on every therapist turn of the ``sessions_dev`` sessions (live events):
 - **distilled** (same data as the teacher: its items + soft labels): the criterion of issue 6, within
   0.02 macro-F1 of the teacher, and label agreement;
-- **served** (everything above), cross-validated: 5 folds grouped by session; fold k's student learns
-  no label, negative or soft label of a session in fold k; its temperature and the session-level figures
-  come from the out-of-fold scores, as in Table 1.
-Speed: the same ONNX Runtime classifier on the same items, teacher and student alternating
-(``time_classifiers``). Embeddings are cached under ``--work-dir`` (text never leaves the machine; the
-cache is keyed by text hashes and is not committed).
+- **served recipe** (everything above), cross-validated: 5 folds grouped by session; fold k's student
+  learns no label, negative or soft label of a session in fold k; its temperature puts it on the
+  teacher's probability scale (out-of-fold units), so the event threshold keeps its meaning.
+``--variants`` compares the recipes in ``VARIANTS``. Speed: the same ONNX Runtime classifier on the same
+items, teacher and student alternating (``time_classifiers``). Embeddings are cached under
+``--work-dir`` (keyed by text hashes, never committed).
 """
 from __future__ import annotations
 
@@ -61,11 +62,19 @@ from .data import (
     text_sha256,
     unlabeled_microdialogues,
 )
-from .head import class_weights, fit_temperature, softmax
-from .metrics import NONE_IDX, binary_metrics, classification_metrics
+from .head import class_weights, fit_temperature, fit_temperature_to, softmax
+from .metrics import (
+    NONE_IDX,
+    binary_metrics,
+    choose_class_thresholds,
+    choose_event_threshold,
+    classification_metrics,
+    cross_fitted,
+    homework_curve,
+)
 from .table1 import Context, load_dev_sessions, session_level, with_sections
 
-TEACHER_DIR = "teacher"  # inside the served artifact: the teacher's head and model.json, sharing its encoder
+STUDENT_DIR = "student"  # inside the teacher's artifact: the student's head and model.json, sharing its encoder
 STUDENT_VIEWS = ("pair",)
 
 
@@ -79,9 +88,12 @@ class StudentConfig:
     batch_size: int = 128
     real_weight: float = 2.0  # as the teacher: real transcripts count more than synthetic ones
     added_weight: float = 2.0  # the annotation rounds (real)
-    negative_weight: float = 1.0  # sessions_dev clinical negatives (a little noisier than item labels)
+    # sessions_dev clinical negatives, all of them at twice a labelled item's weight: among four
+    # variants (2,000 or all negatives, weight 1 or 2, units 0.5 or 1) the one whose out-of-fold events
+    # on real sessions were as precise as the teacher's (training/RESULTS.md, "Served CPU student").
+    negative_weight: float = 2.0
     unit_weight: float = 0.5  # a soft-labelled unit counts half a labelled item
-    negatives_cap: int = 2000
+    negatives_cap: int | None = None
     n_folds: int = 5
     seed: int = 13
 
@@ -188,10 +200,22 @@ class Pool:
     targets: np.ndarray
     weights: np.ndarray
     sessions: np.ndarray
-    kind: np.ndarray  # "teacher_item" | "unit" | "added" | "negative"
+    kind: np.ndarray  # "teacher_item" (real_dev) | "synthetic" | "unit" | "added" | "negative"
 
     def where(self, mask: np.ndarray) -> Pool:
         return Pool(self.pair[mask], self.targets[mask], self.weights[mask], self.sessions[mask], self.kind[mask])
+
+    def for_config(self, cfg: StudentConfig) -> Pool:
+        """The rows and weights a config learns from: every kind weighted, negatives capped to a fixed
+        subset (as table1_v2 caps them)."""
+        weight = {"teacher_item": cfg.real_weight, "synthetic": 1.0, "unit": cfg.unit_weight,
+                  "added": cfg.added_weight, "negative": cfg.negative_weight}
+        pool = Pool(self.pair, self.targets, np.array([weight[k] for k in self.kind]), self.sessions, self.kind)
+        neg_rows = np.flatnonzero(self.kind == "negative")
+        if cfg.negatives_cap is not None and len(neg_rows) > cfg.negatives_cap:
+            drop = np.random.default_rng(cfg.seed).choice(neg_rows, len(neg_rows) - cfg.negatives_cap, replace=False)
+            pool = pool.where(~np.isin(np.arange(len(self.kind)), drop))
+        return pool
 
     def without_fold(self, fold_of: dict[str, int], k: int) -> Pool:
         """What fold k's student may learn: no row (label, negative or soft-labelled unit) of a session
@@ -211,6 +235,7 @@ class StudentData:
     session_pair: np.ndarray
     session_teacher_probs: np.ndarray
     session_folds: np.ndarray
+    session_turn_truth: np.ndarray  # per session microdialogue: the annotators marked it as assigning homework
     fold_of: dict[str, int]
     data_hash: str
 
@@ -238,26 +263,22 @@ def load_student_data(teacher_dir: Path, data_dir: Path, work_dir: Path, cfg: St
     session_ex = [m.example() for _, mds in windowed for m in mds]
     f_sess = features(cache, session_ex)
     sess_of_md = [state.session_id for state, mds in windowed for _ in mds]
+    assigning = {r["session_id"]: set(r.get("turns") or []) for r in dev.rows}
+    turn_truth = np.array([m.turn in assigning[state.session_id] for state, mds in windowed for m in mds])
 
     unit_probs = softmax(f_units.teacher_logits(teacher), T)
-    w_taught = np.array([cfg.real_weight if i.real else 1.0 for i in taught])
     # Distillation pool first (teacher items + units), then the labels the teacher never saw.
     parts = [
-        (f_taught.pair, one_hot(np.array([i.y for i in taught])), w_taught,
-         [i.session_id for i in taught], "teacher_item"),
-        (f_units.pair, unit_probs, np.full(len(units), cfg.unit_weight), [u.session_id for u in units], "unit"),
-        (f_added.pair, one_hot(np.array([i.y for i in added])), np.full(len(added), cfg.added_weight),
-         [i.session_id for i in added], "added"),
-        (f_neg.pair, one_hot(np.array([i.y for i in negatives])), np.full(len(negatives), cfg.negative_weight),
-         [i.session_id for i in negatives], "negative"),
+        (f_taught.pair, one_hot(np.array([i.y for i in taught])), [i.session_id for i in taught],
+         ["teacher_item" if i.real else "synthetic" for i in taught]),
+        (f_units.pair, unit_probs, [u.session_id for u in units], ["unit"] * len(units)),
+        (f_added.pair, one_hot(np.array([i.y for i in added])), [i.session_id for i in added], ["added"] * len(added)),
+        (f_neg.pair, one_hot(np.array([i.y for i in negatives])), [i.session_id for i in negatives],
+         ["negative"] * len(negatives)),
     ]
     pool = Pool(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
-                np.concatenate([p[2] for p in parts]), np.array([s for p in parts for s in p[3]]),
-                np.array([p[4] for p in parts for _ in range(len(p[1]))]))
-    neg_rows = np.flatnonzero(pool.kind == "negative")
-    if len(neg_rows) > cfg.negatives_cap:  # a fixed subset, as table1_v2 caps them
-        drop = np.random.default_rng(cfg.seed).choice(neg_rows, len(neg_rows) - cfg.negatives_cap, replace=False)
-        pool = pool.where(~np.isin(np.arange(len(pool.kind)), drop))
+                np.ones(sum(len(p[2]) for p in parts)), np.array([s for p in parts for s in p[2]]),
+                np.array([k for p in parts for k in p[3]]))
     ctx = Context(cfg=None, data_dir=data_dir, data=base, fold_of=fold_of, sessions=windowed,  # type: ignore[arg-type]
                   truth=dev.truth, device="cpu", work_dir=work_dir)
     labels_paths = sorted(ADDED_LABELS_DIR.glob("*.jsonl"))
@@ -266,7 +287,7 @@ def load_student_data(teacher_dir: Path, data_dir: Path, work_dir: Path, cfg: St
                                           lab / "sessions_dev.jsonl") if p.exists()])
     return StudentData(teacher, pool, added, f_added.pair, softmax(f_added.teacher_logits(teacher), T), ctx,
                        f_sess.pair, softmax(f_sess.teacher_logits(teacher), T),
-                       np.array([fold_of[s] for s in sess_of_md]), fold_of, data_hash)
+                       np.array([fold_of[s] for s in sess_of_md]), turn_truth, fold_of, data_hash)
 
 
 def scores(y: np.ndarray, probs: np.ndarray, clinical: np.ndarray, threshold: float) -> dict:
@@ -279,98 +300,172 @@ def scores(y: np.ndarray, probs: np.ndarray, clinical: np.ndarray, threshold: fl
             "events_at_threshold_clinical": binary_metrics(y[clinical] != NONE_IDX, event[clinical])}
 
 
+def decision_rules(y: np.ndarray, probs: np.ndarray, clinical: np.ndarray, folds: np.ndarray,
+                   beta: float = 0.5) -> dict:
+    """The live event rule chosen for precision (F0.5), cross-fitted: fold k's items are decided by
+    thresholds chosen on the other folds only. Per homework class, and one threshold for all."""
+    out = {}
+    for name, choose in (("per_class", choose_class_thresholds), ("one_threshold", choose_event_threshold)):
+        pred, per_fold = cross_fitted(probs, y, folds, lambda p, t, c=choose: c(p, t, beta))
+        out[name] = {"homework": binary_metrics(y != NONE_IDX, pred != NONE_IDX),
+                     "homework_clinical": binary_metrics(y[clinical] != NONE_IDX, pred[clinical] != NONE_IDX),
+                     "per_fold_thresholds": per_fold,
+                     "thresholds": dict(zip(CLASSES, np.round(choose(probs, y, beta), 2).tolist()))}
+    out["curve"] = homework_curve(probs, y)
+    out["curve_clinical"] = homework_curve(probs[clinical], y[clinical])
+    return out
+
+
 def agreement(a: np.ndarray, b: np.ndarray, threshold: float) -> dict:
     ev = [(p.argmax(1) != NONE_IDX) & (p.max(1) >= threshold) for p in (a, b)]
     return {"labels": float((a.argmax(1) == b.argmax(1)).mean()), "events": float((ev[0] == ev[1]).mean())}
+
+
+@dataclass
+class ServedCV:
+    """Out-of-fold logits of the served recipe (fold k's student learns nothing of fold k's sessions)."""
+    items: np.ndarray  # [annotation-round items, 5]
+    sessions: np.ndarray  # [sessions_dev microdialogues, 5]
+    temperature: float  # on the teacher's scale (out-of-fold units against the teacher's probabilities)
+
+
+def served_cv(data: StudentData, cfg: StudentConfig) -> ServedCV:
+    pool = data.pool.for_config(cfg)
+    added_folds = np.array([data.fold_of[i.session_id] for i in data.added])
+    items = np.zeros((len(data.added), len(CLASSES)))
+    sessions = np.zeros((len(data.session_pair), len(CLASSES)))
+    units = pool.where(pool.kind == "unit")
+    unit_folds = np.array([data.fold_of[s] for s in units.sessions])
+    unit_oof = np.zeros((len(units.sessions), len(CLASSES)))
+    for k in range(cfg.n_folds):
+        train = pool.without_fold(data.fold_of, k)
+        head = fit_student(train.pair, train.targets, train.weights, cfg)
+        unit_oof[unit_folds == k] = student_logits(head, units.pair[unit_folds == k])
+        items[added_folds == k] = student_logits(head, data.added_pair[added_folds == k])
+        sessions[data.session_folds == k] = student_logits(head, data.session_pair[data.session_folds == k])
+        print(f"[pair_student] served recipe: fold {k + 1}/{cfg.n_folds} done", file=sys.stderr, flush=True)
+    # The served temperature puts the student on the teacher's scale, so the served event threshold,
+    # chosen for the teacher, keeps its meaning.
+    return ServedCV(items, sessions, fit_temperature_to(unit_oof, units.targets))
+
+
+def unseen_sessions(data: StudentData) -> tuple[Context, np.ndarray]:
+    """The sessions_dev sessions the teacher never trained an item of (98 of the 152 hold real_dev items,
+    so its figures on all of them are partly in sample): their context, and a mask of their microdialogues."""
+    ctx = data.session_ctx
+    unseen = ctx.truth.keys() - {i.session_id for i in ctx.data.real}
+    sub = replace(ctx, sessions=[s for s in ctx.sessions if s[0].session_id in unseen],
+                  truth={k: v for k, v in ctx.truth.items() if k in unseen})
+    return sub, np.array([state.session_id in unseen for state, mds in ctx.sessions for _ in mds])
+
+
+def live_turns(data: StudentData, probs: np.ndarray, threshold: float) -> dict:
+    """Live events on real sessions: every therapist turn of the sessions_dev sessions, an event where
+    the rule fires, right where the annotators marked the turn as assigning homework."""
+    fired = (probs.argmax(1) != NONE_IDX) & (probs.max(1) >= threshold)
+    _, keep = unseen_sessions(data)
+    return {"turns": binary_metrics(data.session_turn_truth, fired),
+            "turns_unseen": binary_metrics(data.session_turn_truth[keep], fired[keep])}
 
 
 def evaluate(data: StudentData, cfg: StudentConfig, threshold: float) -> dict:
     y = np.array([i.y for i in data.added])
     clinical = np.array([i.source in CLINICAL_SOURCES for i in data.added])
     added_folds = np.array([data.fold_of[i.session_id] for i in data.added])
-    pool = data.pool
+    pool = data.pool.for_config(cfg)
     out: dict = {"n_items": len(y), "n_clinical": int(clinical.sum()), "threshold": threshold,
-                 "pool": {k: int((pool.kind == k).sum()) for k in ("teacher_item", "unit", "added", "negative")}}
+                 "pool": {k: int((pool.kind == k).sum()) for k in ("teacher_item", "synthetic", "unit", "added",
+                                                                   "negative")}}
     out["teacher"] = scores(y, data.added_teacher_probs, clinical, threshold)
 
-    # Distilled: the teacher's data only. The student
-    # never copies the teacher on the very items it is scored on: whole scored sessions are left out.
+    # Distilled: the teacher's data only. The student never copies the teacher on the very items it is
+    # scored on: whole scored sessions are left out.
     scored = np.isin(pool.sessions, list({i.session_id for i in data.added}))
     held_units = (pool.kind == "unit") & scored
-    head = fit_student(pool.pair[np.isin(pool.kind, ["teacher_item", "unit"]) & ~held_units],
-                       pool.targets[np.isin(pool.kind, ["teacher_item", "unit"]) & ~held_units],
-                       pool.weights[np.isin(pool.kind, ["teacher_item", "unit"]) & ~held_units], cfg)
-    d_logits = student_logits(head, data.added_pair)
-    # Its temperature from the units it did not learn (the scored sessions'), matched to the teacher's
-    # labels there: no gold label decides it.
-    T_d = fit_temperature(student_logits(head, pool.pair[held_units]), pool.targets[held_units].argmax(1))
-    d_probs = softmax(d_logits, T_d)
+    learn = np.isin(pool.kind, ["teacher_item", "synthetic", "unit"]) & ~held_units
+    head = fit_student(pool.pair[learn], pool.targets[learn], pool.weights[learn], cfg)
+    # Its temperature puts it on the teacher's scale on the units it did not learn (the scored sessions'):
+    # no gold label decides it.
+    T_d = fit_temperature_to(student_logits(head, pool.pair[held_units]), pool.targets[held_units])
+    d_probs = softmax(student_logits(head, data.added_pair), T_d)
     out["distilled"] = {**scores(y, d_probs, clinical, threshold), "temperature": T_d,
                         "agreement_with_teacher": agreement(d_probs, data.added_teacher_probs, threshold)}
 
-    # Served recipe, cross-validated by session.
-    oof = np.zeros((len(y), len(CLASSES)))
-    sess_oof = np.zeros((len(data.session_pair), len(CLASSES)))
-    for k in range(cfg.n_folds):
-        train = pool.without_fold(data.fold_of, k)
-        head = fit_student(train.pair, train.targets, train.weights, cfg)
-        oof[added_folds == k] = student_logits(head, data.added_pair[added_folds == k])
-        sess_oof[data.session_folds == k] = student_logits(head, data.session_pair[data.session_folds == k])
-        print(f"[pair_student] served recipe: fold {k + 1}/{cfg.n_folds} done", file=sys.stderr, flush=True)
-    T_s = fit_temperature(oof, y)
-    s_probs = softmax(oof, T_s)
-    out["served"] = {**scores(y, s_probs, clinical, threshold), "temperature": T_s,
+    cv = served_cv(data, cfg)
+    s_probs = softmax(cv.items, cv.temperature)
+    sess_probs = softmax(cv.sessions, cv.temperature)
+    sub, keep = unseen_sessions(data)
+    out["served"] = {**scores(y, s_probs, clinical, threshold), "temperature": cv.temperature,
+                     # The gold-NLL temperature on the items, for reference (not served).
+                     "temperature_gold_nll": fit_temperature(cv.items, y),
                      "agreement_with_teacher": agreement(s_probs, data.added_teacher_probs, threshold),
-                     "session": session_level(data.session_ctx, softmax(sess_oof, T_s), threshold)}
-    out["teacher"]["session"] = session_level(data.session_ctx, data.session_teacher_probs, threshold)
-    # 98 of the 152 sessions hold items the teacher trained on (real_dev): its figure above is partly in
-    # sample. Both again on the sessions it never saw an item of.
-    unseen = data.session_ctx.truth.keys() - {i.session_id for i in data.session_ctx.data.real}
-    sub = replace(data.session_ctx, sessions=[s for s in data.session_ctx.sessions if s[0].session_id in unseen],
-                  truth={k: v for k, v in data.session_ctx.truth.items() if k in unseen})
-    keep = np.array([state.session_id in unseen for state, mds in data.session_ctx.sessions for _ in mds])
-    out["teacher"]["session_unseen"] = session_level(sub, data.session_teacher_probs[keep], threshold)
-    out["served"]["session_unseen"] = session_level(sub, softmax(sess_oof, T_s)[keep], threshold)
+                     "session": session_level(data.session_ctx, sess_probs, threshold),
+                     "session_unseen": session_level(sub, sess_probs[keep], threshold),
+                     **live_turns(data, sess_probs, threshold),
+                     "rules": decision_rules(y, s_probs, clinical, added_folds),
+                     "session_sweep": [{"threshold": float(t), **session_level(data.session_ctx, sess_probs, float(t))}
+                                       for t in np.round(np.arange(0.4, 0.91, 0.05), 2)]}
+    out["teacher"].update({"session": session_level(data.session_ctx, data.session_teacher_probs, threshold),
+                           "session_unseen": session_level(sub, data.session_teacher_probs[keep], threshold),
+                           **live_turns(data, data.session_teacher_probs, threshold),
+                           "rules": decision_rules(y, data.added_teacher_probs, clinical, added_folds)})
+    return out
+
+
+# The recipes compared before choosing StudentConfig's weights (``--variants``): the choice is the one
+# whose out-of-fold live events on real sessions are as precise as the teacher's.
+VARIANTS = {
+    "2,000 negatives (weight 1), units 0.5": {"negatives_cap": 2000, "negative_weight": 1.0},
+    "all negatives (weight 1), units 0.5": {"negative_weight": 1.0},
+    "all negatives (weight 2), units 0.5 (served)": {},
+    "all negatives (weight 1), units 1.0": {"negative_weight": 1.0, "unit_weight": 1.0},
+}
+
+
+def compare_variants(data: StudentData, cfg: StudentConfig, threshold: float) -> dict:
+    y = np.array([i.y for i in data.added])
+    out = {"teacher": {"items": classification_metrics(y, data.added_teacher_probs.argmax(1)),
+                       **live_turns(data, data.session_teacher_probs, threshold)}}
+    for name, change in VARIANTS.items():
+        cv = served_cv(data, replace(cfg, **change))
+        out[name] = {"items": classification_metrics(y, cv.items.argmax(1)), "temperature": cv.temperature,
+                     **live_turns(data, softmax(cv.sessions, cv.temperature), threshold)}
     return out
 
 
 # --------------------------------------------------------------------------------------------- export
-def export(data: StudentData, cfg: StudentConfig, evaluation: dict, teacher_dir: Path, out: Path) -> Path:
-    """The served artifact: the teacher's encoder, the student's head and model.json at the top (what the
-    CPU config serves), the teacher's head and model.json in ``teacher/`` (what the GPU config serves),
-    reading the same encoder. Built beside ``out`` and swapped in; a failed build leaves ``out`` as it was."""
-    head = fit_student(data.pool.pair, data.pool.targets, data.pool.weights, cfg)
-    staging = out.with_name(out.name + ".staging")
+def export(data: StudentData, cfg: StudentConfig, evaluation: dict, teacher_dir: Path) -> Path:
+    """The student beside its teacher: ``<teacher>/student/`` holds its head and model.json, reading the
+    teacher's encoder (``../encoder``), so it adds 400 KB, not a second encoder. Built in a sibling folder
+    and swapped in: a failed build leaves the previous student as it was."""
+    pool = data.pool.for_config(cfg)
+    head = fit_student(pool.pair, pool.targets, pool.weights, cfg)
+    out = teacher_dir / STUDENT_DIR
+    staging = teacher_dir / f"{STUDENT_DIR}.staging"
     if staging.exists():
         shutil.rmtree(staging)
-    teacher_spec = data.teacher.spec
-    shutil.copytree(teacher_dir / teacher_spec.encoder, staging / "encoder")
-    (staging / TEACHER_DIR).mkdir()
-    shutil.copy2(teacher_dir / "head.safetensors", staging / TEACHER_DIR / "head.safetensors")
-    teacher_json = {**asdict(teacher_spec), "encoder": "../encoder"}
-    (staging / TEACHER_DIR / "model.json").write_text(json.dumps(teacher_json, indent=2) + "\n")
+    staging.mkdir()
     save_file({k: v.detach().float().contiguous() for k, v in head.state_dict().items()},
               str(staging / "head.safetensors"))
-    served = evaluation["served"]
+    teacher_spec, served = data.teacher.spec, evaluation["served"]
     spec = ModelSpec(views=STUDENT_VIEWS, pooling=teacher_spec.pooling, max_length=teacher_spec.max_length,
                      hidden=teacher_spec.hidden, head_hidden=cfg.hidden, dropout=cfg.dropout,
-                     temperature=round(served["temperature"], 4), encoder="encoder",
+                     temperature=round(served["temperature"], 4), encoder=f"../{teacher_spec.encoder}",
                      version=f"minilm_pair_student-{data.data_hash[:8]}",
                      extra={"row": "minilm_pair_student", "teacher": teacher_spec.version,
                             "data_hash": data.data_hash, "config": asdict(cfg),
                             "cv_metrics_added_labels": {k: round(v, 4) for k, v in served["pooled"].items()},
-                            "session": served["session"]})
+                            "session": served["session"], "live_turns": served["turns"]})
     (staging / "model.json").write_text(json.dumps(asdict(spec), indent=2) + "\n")
-    OnnxClassifier(staging)  # loads, and the head fits model.json, or nothing is replaced
+    try:
+        OnnxClassifier(staging)  # loads, and the head fits model.json, or nothing is replaced
+    except Exception:
+        shutil.rmtree(staging)
+        raise
     if out.exists():
         shutil.rmtree(out)
     staging.replace(out)
     return out
-
-
-def teacher_of(artifact: Path) -> Path:
-    """The teacher inside a served student artifact, or the artifact itself when it is a teacher."""
-    return artifact / TEACHER_DIR if (artifact / TEACHER_DIR / "model.json").exists() else artifact
 
 
 def time_classifiers(artifacts: dict[str, Path], examples: Sequence, batches: Sequence[int], rounds: int) -> dict:
@@ -398,32 +493,36 @@ def render(report: dict) -> str:
     """The student's section of ``training/RESULTS.md``, from the report JSON."""
     ev = report["evaluation"]
     timing = report.get("timing_md_per_s", {})
-    rows = [("teacher (served until now: fine-tuned MiniLM, 2 views)", ev["teacher"], "teacher"),
+    rows = [("teacher (served: fine-tuned MiniLM, 2 views)", ev["teacher"], "teacher"),
             ("student, distilled only (the teacher's data + its soft labels)", ev["distilled"], None),
-            ("**student, served** (+ annotation rounds + clinical negatives), 5-fold CV", ev["served"], "student")]
-    lines = ["## Served CPU student: one encoder pass (pair view), distilled from the fine-tuned MiniLM", "",
+            ("**student** (+ annotation rounds + clinical negatives), 5-fold CV", ev["served"], "student")]
+    lines = ["## CPU student: one encoder pass (pair view), distilled from the served fine-tuned MiniLM", "",
              f"- Command: `{report['command'].strip()}` ({report['seconds']} s on this 2-vCPU VM; "
              f"embeddings cached under `var/pair_student`)",
              f"- Data hash `{report['data_hash']}`; teacher `{report['teacher']}`.",
              f"- Scored: the **{ev['n_items']} real items of the annotation rounds** (`training/labels`; "
              f"{ev['n_clinical']} clinical), which the teacher never trained on, so teacher and students are "
-             "all out of sample. The served student is cross-validated on them (5 folds grouped by session: "
+             "all out of sample. The student is cross-validated on them (5 folds grouped by session: "
              "fold k's student learns no label, clinical negative or soft-labelled unit of a fold-k session); "
-             "its temperature is fitted on its out-of-fold logits.",
-             f"- Learning pool: {ev['pool']['teacher_item']} teacher items (real_dev + synthetic), "
+             "its temperature puts it on the teacher's scale (out-of-fold units against the teacher's "
+             "probabilities), so the event threshold means the same for both.",
+             f"- Learning pool: {ev['pool']['teacher_item']} real_dev and {ev['pool'].get('synthetic', 0)} synthetic "
+             "items (the teacher's), "
              f"{ev['pool']['unit']} unlabeled microdialogues with the teacher's probabilities, "
              f"{ev['pool']['added']} annotation-round items, {ev['pool']['negative']} `sessions_dev` clinical "
              "negatives. The distilled-only student learns the first two (minus the scored sessions' units).",
              f"- Events: top class ≠ none with p ≥ {ev['threshold']} (the served threshold). Session level: "
              "150 `sessions_dev` sessions through the stream's summary path; the teacher trained on items of "
-             "98 of them, so the like-for-like figure is on the 52 it never saw.",
+             "98 of them, so the like-for-like figure is on the 52 it never saw. **Live turns**: every therapist "
+             "turn of those sessions, an event where the rule fires, right where the annotators marked the turn "
+             "as assigning homework (the closest measure here of live nudges on real sessions).",
              "- Speed: microdialogues/s through the same `OnnxClassifier` (ONNX Runtime, 2 threads) on "
              "the same real items, slices of 4 / 16, teacher and student alternating, median of 3 rounds.", "",
              "| model | practice | take_action | journal | learn | none | macro-F1 | hw-vs-none P / R / F1 "
              "| clinical macro-F1 | clinical hw F1 | events P / R / F1 | clinical events P / R / F1 "
              "| agreement with teacher (labels / events) | session acc / P / R (150) | same, 52 unseen "
-             "| md/s (4 / 16) |",
-             "|" + "---|" * 16]
+             "| live turns P / R / F1 (150) | same, 52 unseen | md/s (4 / 16) |",
+             "|" + "---|" * 18]
     for title, e, speed in rows:
         p, hw, evt, evc = e["pooled"], e["homework"], e["events_at_threshold"], e["events_at_threshold_clinical"]
         agree = e.get("agreement_with_teacher")
@@ -438,11 +537,61 @@ def render(report: dict) -> str:
             ("—" if agree is None else f"{_f(agree['labels'])} / {_f(agree['events'])}"),
             "—" if sess is None else f"{_f(sess['accuracy'])} / {_f(sess['precision'])} / {_f(sess['recall'])}",
             "—" if unseen is None else f"{_f(unseen['accuracy'])} / {_f(unseen['precision'])} / {_f(unseen['recall'])}",
+            _prf(e["turns"]) if "turns" in e else "—", _prf(e["turns_unseen"]) if "turns_unseen" in e else "—",
             f"{sp['4']} / {sp['16']}" if sp else "—"]) + " |")
+    lines += _render_variants(report["variants"], ev["threshold"]) if report.get("variants") else []
+    lines += _render_rules(ev) if "rules" in ev["served"] else []
     if timing:
         ratio = [timing["student"][b] / timing["teacher"][b] for b in ("4", "16")]
         lines += ["", f"Student vs teacher speed: **{ratio[0]:.2f}x / {ratio[1]:.2f}x** (slices of 4 / 16)."]
     return "\n".join(lines) + "\n"
+
+
+def _prf(m: dict) -> str:
+    return f"{_f(m['precision'])} / {_f(m['recall'])} / {_f(m['f1'])}"
+
+
+def _render_variants(variants: dict, threshold: float) -> list[str]:
+    lines = ["", "### Choosing the student's recipe (out of fold, `--variants`)", "",
+             "Each recipe's five fold students as above; live events at p ≥ "
+             f"{threshold} on every therapist turn of the `sessions_dev` sessions. The served recipe is the one "
+             "whose live events are as precise as the teacher's (a wrong nudge costs more than a late one); "
+             "the first recipe fired more live events than the teacher at lower precision.", "",
+             "| recipe | items macro-F1 | items hw F1 (argmax) | live turns P / R / F1 (150) | same, 52 unseen | T |",
+             "|---|---|---|---|---|---|"]
+    for name, v in variants.items():
+        temperature = f"{v['temperature']:.2f}" if "temperature" in v else "—"
+        lines.append(f"| {name} | {_f(v['items']['macro_f1'])} | {_f(v['items']['homework_f1'])} | "
+                     f"{_prf(v['turns'])} | {_prf(v['turns_unseen'])} | {temperature} |")
+    return lines
+
+
+def _render_rules(ev: dict) -> list[str]:
+    lines = ["", "### Live event rule (items, out of fold)", "",
+             "Event = top class c ≠ none with p(c) ≥ t_c. `argmax`: no threshold; `p ≥ 0.6`: the served "
+             "setting (`HWM_EVENT_THRESHOLD`); `per-class` / `one threshold`: chosen for F0.5 (precision "
+             "first) and cross-fitted, fold k decided by thresholds chosen on the other folds' items only "
+             "(the thresholds listed are the ones chosen on all folds).", "",
+             "| model | rule | hw P / R / F1 | clinical hw P / R / F1 | thresholds |", "|---|---|---|---|---|"]
+    for title, key in (("teacher", "teacher"), ("student (served)", "served")):
+        e, rules = ev[key], ev[key]["rules"]
+        lines.append(f"| {title} | argmax | {_prf(e['homework'])} | {_prf(e['homework_clinical'])} | — |")
+        lines.append(f"| {title} | p ≥ {ev['threshold']} | {_prf(e['events_at_threshold'])} | "
+                     f"{_prf(e['events_at_threshold_clinical'])} | {ev['threshold']} |")
+        for name, label in (("per_class", "per-class"), ("one_threshold", "one threshold")):
+            r = rules[name]
+            thr = ", ".join(f"{c} {t:.2f}" for c, t in r["thresholds"].items() if c != "none")
+            lines.append(f"| {title} | {label} | {_prf(r['homework'])} | {_prf(r['homework_clinical'])} | {thr} |")
+    curve = {round(c["threshold"], 2): c for c in ev["served"]["rules"]["curve"]}
+    clinical = {round(c["threshold"], 2): c for c in ev["served"]["rules"]["curve_clinical"]}
+    lines += ["", "Student (served): homework-vs-none precision/recall against one event threshold, items and "
+              "the clinical corpora's items:", "", "| threshold | P / R / F1 | clinical P / R / F1 |", "|---|---|---|"]
+    lines += [f"| {t:.2f} | {_prf(curve[t])} | {_prf(clinical[t])} |" for t in sorted(curve)]
+    lines += ["", "Student (served): sessions (150 `sessions_dev`, out of fold) against the event threshold:", "",
+              "| threshold | accuracy | precision | recall |", "|---|---|---|---|"]
+    lines += [f"| {r['threshold']:.2f} | {_f(r['accuracy'])} | {_f(r['precision'])} | {_f(r['recall'])} |"
+              for r in ev["served"]["session_sweep"]]
+    return lines
 
 
 def write_results(report: dict, path: Path) -> None:
@@ -453,8 +602,8 @@ def write_results(report: dict, path: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", type=Path, default=default_data_dir())
-    p.add_argument("--teacher", type=Path, default=None, help="teacher artifact (default: the served one's)")
-    p.add_argument("--out", type=Path, default=SERVED_ARTIFACT)
+    p.add_argument("--teacher", type=Path, default=SERVED_ARTIFACT,
+                   help="the teacher's artifact; the student is written into its student/ folder")
     p.add_argument("--work-dir", type=Path, default=Path("var") / "pair_student")
     p.add_argument("--report", type=Path, default=Path("training") / "results_v2" / "pair_student.json")
     p.add_argument("--threshold", type=float, default=0.6)
@@ -462,29 +611,28 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--timing-items", type=int, default=320)
     p.add_argument("--results", type=Path, default=Path("training") / "RESULTS.md")
     p.add_argument("--render-only", action="store_true", help="rewrite the RESULTS.md section from --report")
+    p.add_argument("--variants", action="store_true", help="also compare the recipes in VARIANTS (5 folds each)")
     a = p.parse_args(argv)
     if a.render_only:
         report = json.loads(a.report.read_text())
         write_results(report, a.results)
         return report
     cfg = StudentConfig()
-    teacher_dir = a.teacher or teacher_of(a.out)
-    if teacher_dir.resolve() == a.out.resolve():  # the teacher is about to be replaced: keep a copy aside
-        keep = a.work_dir / "teacher"
-        if keep.exists():
-            shutil.rmtree(keep)
-        shutil.copytree(teacher_dir, keep)
-        teacher_dir = keep
+    teacher_dir = a.teacher
     started = time.time()
     data = load_student_data(teacher_dir, a.data_dir, a.work_dir, cfg)
     report = {"command": " ".join(["python -m homework_monitor.training.pair_student", *(argv or sys.argv[1:])]),
               "teacher": data.teacher.version, "data_hash": data.data_hash, "config": asdict(cfg),
               "evaluation": evaluate(data, cfg, a.threshold)}
+    if a.variants:
+        report["variants"] = compare_variants(data, cfg, a.threshold)
+    elif a.report.exists():  # keep the last comparison in the report
+        report["variants"] = json.loads(a.report.read_text()).get("variants")
     if not a.no_export:
-        out = export(data, cfg, report["evaluation"], teacher_dir, a.out)
+        out = export(data, cfg, report["evaluation"], teacher_dir)
         report["artifact"] = str(out)
         sample = [i.example for i in data.added[:a.timing_items]]
-        report["timing_md_per_s"] = time_classifiers({"teacher": teacher_of(out), "student": out}, sample,
+        report["timing_md_per_s"] = time_classifiers({"teacher": teacher_dir, "student": out}, sample,
                                                      (4, 16), 3)
     report["seconds"] = round(time.time() - started, 1)
     a.report.parent.mkdir(parents=True, exist_ok=True)

@@ -48,7 +48,7 @@ def test_wheel_holds_one_top_level_package_and_the_served_model(wheel):
     assert {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")} == {"homework_monitor"}
     artifact = "homework_monitor/triton_models/homework_classifier/1/artifact/"
     for part in ("model.json", "head.safetensors", "encoder/model.onnx", "encoder/tokenizer.json",
-                 "teacher/model.json", "teacher/head.safetensors"):  # the GPU config serves the teacher
+                 "student/model.json", "student/head.safetensors"):  # the one-pass CPU student (HWM_TRITON_ARTIFACT)
         assert artifact + part in names
     assert "homework_monitor/triton_models/homework_classifier/config.pbtxt" in names
     for sample in ("therapist", "client", "context"):  # model_warmup's inputs: Triton cannot load without them
