@@ -5,8 +5,8 @@
       --soak-baseline benchmarks/results/stream_latency-soak-rocksdb-defaults.json --baseline-label "faust's RocksDB defaults" \
       --out benchmarks/results
 
-  python benchmarks/plots.py --compare "CPU student (1 pass)=benchmarks/results/stream_latency-student-sweep.json" \
-      --compare "teacher (2 passes)=benchmarks/results/stream_latency-teacher-sweep.json" --out benchmarks/results
+  python benchmarks/plots.py --compare "CPU student (1 encoder pass)=benchmarks/results/stream_latency-student-sweep.json" \
+      --compare "default model (2 passes)=benchmarks/results/stream_latency-teacher-sweep.json" --out benchmarks/results
 
 Writes latency_vs_sessions.png (p50/p95/p99 utterance→event against concurrent sessions, with the
 300 ms target), soak_rss.png (worker and tritonserver RSS, and consumer lag, over the soak) and
@@ -32,17 +32,22 @@ def latency_vs_sessions(runs: list[dict], out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
     for q, style in (("p50", "o-"), ("p95", "s-"), ("p99", "^-")):
         ax.plot(x, [r["latency_ms"][q] for r in runs], style, label=q)
-    ax.axhline(TARGET_P99_MS, color="grey", linestyle="--", linewidth=1, label=f"p99 target {TARGET_P99_MS} ms")
     ax.set_xscale("log")
-    ax.set_yscale("log")
     ax.set_xticks(x, [str(v) for v in x])
+    return _latency_figure(fig, ax, "utterance → homework event (ms)", "Latency against load",
+                           out / "latency_vs_sessions.png")
+
+
+def _latency_figure(fig, ax, ylabel: str, title: str, path: Path) -> Path:
+    """The latency plots' common finish: the p99 target line, log latency axis, labels, written to ``path``."""
+    ax.axhline(TARGET_P99_MS, color="grey", linestyle="--", linewidth=1, label=f"p99 target {TARGET_P99_MS} ms")
+    ax.set_yscale("log")
     ax.set_xlabel("concurrent real-pace sessions (one worker, CPU Triton, 2 cores)")
-    ax.set_ylabel("utterance → homework event (ms)")
-    ax.set_title("Latency against load")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.legend()
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    path = out / "latency_vs_sessions.png"
     fig.savefig(path)
     plt.close(fig)
     return path
@@ -53,18 +58,8 @@ def p99_by_model(sweeps: dict[str, list[dict]], out: Path) -> Path:
     for label, runs in sweeps.items():
         runs = sorted((r for r in runs if r.get("latency_ms")), key=lambda r: r["sessions"])
         ax.plot([r["sessions"] for r in runs], [r["latency_ms"]["p99"] for r in runs], "o-", label=label)
-    ax.axhline(TARGET_P99_MS, color="grey", linestyle="--", linewidth=1, label=f"p99 target {TARGET_P99_MS} ms")
-    ax.set_yscale("log")
-    ax.set_xlabel("concurrent real-pace sessions (one worker, CPU Triton, 2 cores)")
-    ax.set_ylabel("p99 utterance → homework event (ms)")
-    ax.set_title("p99 latency by served model")
-    ax.legend()
-    ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    path = out / "p99_by_model.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _latency_figure(fig, ax, "p99 utterance → homework event (ms)", "p99 latency by served model",
+                           out / "p99_by_model.png")
 
 
 def soak_rss(run: dict, out: Path, baseline: dict | None = None, baseline_label: str = "before") -> Path:

@@ -33,7 +33,7 @@ def test_the_student_learns_its_teacher_from_probabilities_alone():
     rng = np.random.default_rng(0)
     X = rng.normal(size=(3000, 16)).astype(np.float32)
     teacher = ps.softmax(X @ rng.normal(size=(16, len(CLASSES))) * 2.0)
-    cfg = ps.StudentConfig(hidden=32, epochs=20, dropout=0.0)
+    cfg = ps.StudentConfig(head=ps.HeadConfig(hidden=32, epochs=20, dropout=0.0, batch_size=128))
     head = ps.fit_student(X[:2500], teacher[:2500], np.ones(2500), cfg)
     held_out = ps.student_logits(head, X[2500:]).argmax(1)
     assert (held_out == teacher[2500:].argmax(1)).mean() >= 0.9
@@ -88,7 +88,7 @@ def teacher_copy(tmp_path):
 def test_export_writes_the_student_beside_its_teacher(teacher_copy):
     teacher = OnnxClassifier(teacher_copy)
     before = teacher.predict_proba(EXAMPLES)
-    out = ps.export(_data(teacher, teacher.spec.hidden), ps.StudentConfig(epochs=1), EVALUATION, teacher_copy)
+    out = ps.export(_data(teacher, teacher.spec.hidden), ps.StudentConfig(head=ps.HeadConfig(epochs=1)), EVALUATION, teacher_copy)
     assert out == teacher_copy / ps.STUDENT_DIR
     student = OnnxClassifier(out)
     assert student.spec.views == ("pair",) and student.spec.temperature == 1.25
@@ -103,7 +103,7 @@ def test_a_failed_export_leaves_the_previous_student_as_it_was(teacher_copy):
     previous.mkdir()
     (previous / "model.json").write_text("{}")
     with pytest.raises(ValueError, match="head shapes"):  # a head that does not fit the encoder
-        ps.export(_data(teacher, 10), ps.StudentConfig(epochs=1), EVALUATION, teacher_copy)
+        ps.export(_data(teacher, 10), ps.StudentConfig(head=ps.HeadConfig(epochs=1)), EVALUATION, teacher_copy)
     assert (previous / "model.json").read_text() == "{}"
 
 

@@ -94,23 +94,31 @@ def train_head(X: np.ndarray, y: np.ndarray, n_classes: int, cfg: HeadConfig,
 
 def _fit(head, X: np.ndarray, y: np.ndarray, n_classes: int, cfg: HeadConfig, sample_weight: np.ndarray | None,
          review_loss=None):
-    """The heads' training loop: class-weighted cross-entropy per item times its sample weight, plus
-    ``review_loss(review_logits, idx)`` for a head that also outputs the review logit."""
+    """Class-weighted cross-entropy per item times its sample weight, plus ``review_loss(review_logits,
+    idx)`` for a head that also outputs the review logit."""
+    loss_fn = nn.CrossEntropyLoss(weight=class_weights(y, n_classes), reduction="none")
+    yt = torch.from_numpy(y.astype(np.int64))
+    return fit_loop(head, X, cfg, sample_weight, lambda logits, idx: loss_fn(logits, yt[idx]), review_loss)
+
+
+def fit_loop(head, X: np.ndarray, cfg, sample_weight: np.ndarray | None, item_loss, extra_loss=None):
+    """The heads' training loop (AdamW, shuffled mini-batches, ``cfg``'s epochs, batch size, lr, weight
+    decay and seed): per batch, ``item_loss(logits, idx)`` (one value per item) averaged with the items'
+    sample weights, plus ``extra_loss(second_output, idx)`` for a head with a second output."""
     rng = np.random.default_rng(cfg.seed)
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    loss_fn = nn.CrossEntropyLoss(weight=class_weights(y, n_classes), reduction="none")
-    Xt, yt = torch.from_numpy(X.astype(np.float32)), torch.from_numpy(y.astype(np.int64))
-    sw = torch.from_numpy((sample_weight if sample_weight is not None else np.ones(len(y))).astype(np.float32))
+    Xt = torch.from_numpy(X.astype(np.float32))
+    sw = torch.from_numpy((sample_weight if sample_weight is not None else np.ones(len(X))).astype(np.float32))
     head.train()
     for _ in range(cfg.epochs):
-        perm = rng.permutation(len(y))
-        for i in range(0, len(y), cfg.batch_size):
+        perm = rng.permutation(len(X))
+        for i in range(0, len(X), cfg.batch_size):
             idx = torch.from_numpy(perm[i:i + cfg.batch_size])
             out = head(Xt[idx])
-            logits = out[0] if review_loss is not None else out
-            loss = (loss_fn(logits, yt[idx]) * sw[idx]).sum() / sw[idx].sum()
-            if review_loss is not None:
-                loss = loss + review_loss(out[1], idx)
+            logits = out[0] if extra_loss is not None else out
+            loss = (item_loss(logits, idx) * sw[idx]).sum() / sw[idx].sum()
+            if extra_loss is not None:
+                loss = loss + extra_loss(out[1], idx)
             opt.zero_grad()
             loss.backward()
             opt.step()

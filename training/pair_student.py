@@ -62,7 +62,7 @@ from .data import (
     text_sha256,
     unlabeled_microdialogues,
 )
-from .head import class_weights, fit_temperature, fit_temperature_to, softmax
+from .head import HeadConfig, class_weights, fit_loop, fit_temperature, fit_temperature_to, head_logits, softmax
 from .metrics import (
     NONE_IDX,
     binary_metrics,
@@ -80,17 +80,13 @@ STUDENT_VIEWS = ("pair",)
 
 @dataclass(frozen=True)
 class StudentConfig:
-    hidden: int = 256
-    dropout: float = 0.2
-    epochs: int = 30
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    batch_size: int = 128
-    real_weight: float = 2.0  # as the teacher: real transcripts count more than synthetic ones
+    # The teacher's head shape and training loop (real_dev items weigh real_weight against synthetic
+    # ones); fewer epochs over larger batches, as the pool is ten times the labelled set.
+    head: HeadConfig = HeadConfig(epochs=30, batch_size=128)
     added_weight: float = 2.0  # the annotation rounds (real)
     # sessions_dev clinical negatives, all of them at twice a labelled item's weight: among four
     # variants (2,000 or all negatives, weight 1 or 2, units 0.5 or 1) the one whose out-of-fold events
-    # on real sessions were as precise as the teacher's (training/RESULTS.md, "Served CPU student").
+    # on real sessions were as precise as the teacher's (training/RESULTS.md, "CPU student").
     negative_weight: float = 2.0
     unit_weight: float = 0.5  # a soft-labelled unit counts half a labelled item
     negatives_cap: int | None = None
@@ -162,31 +158,16 @@ def fit_student(X: np.ndarray, targets: np.ndarray, weights: np.ndarray, cfg: St
     """The teacher's head architecture on the pair embedding, trained on probability targets (one-hot for
     a labelled item, the teacher's probabilities for a unit) with soft cross-entropy. Class weights as
     the teacher's (inverse square root of each class's share of the targets)."""
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    head = Head(X.shape[1], cfg.hidden, len(CLASSES), cfg.dropout)
+    torch.manual_seed(cfg.head.seed)
+    head = Head(X.shape[1], cfg.head.hidden, len(CLASSES), cfg.head.dropout)
     cw = class_weights(targets.argmax(1), len(CLASSES))
-    Xt, Tt = torch.from_numpy(X.astype(np.float32)), torch.from_numpy(targets.astype(np.float32))
-    Wt = torch.from_numpy(weights.astype(np.float32))
-    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    head.train()
-    for _ in range(cfg.epochs):
-        perm = rng.permutation(len(X))
-        for i in range(0, len(X), cfg.batch_size):
-            idx = torch.from_numpy(perm[i:i + cfg.batch_size])
-            logp = torch.log_softmax(head(Xt[idx]), dim=1)
-            per_item = -(Tt[idx] * logp * cw).sum(1)
-            loss = (per_item * Wt[idx]).sum() / Wt[idx].sum()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    head.eval()
-    return head
+    Tt = torch.from_numpy(targets.astype(np.float32))
+    return fit_loop(head, X, cfg.head, weights,
+                    lambda logits, idx: -(Tt[idx] * torch.log_softmax(logits, dim=1) * cw).sum(1))
 
 
-@torch.inference_mode()
 def student_logits(head: Head, X: np.ndarray) -> np.ndarray:
-    return head(torch.from_numpy(X.astype(np.float32))).numpy().astype(np.float64)
+    return head_logits(head, X).astype(np.float64)
 
 
 def one_hot(y: np.ndarray) -> np.ndarray:
@@ -208,7 +189,7 @@ class Pool:
     def for_config(self, cfg: StudentConfig) -> Pool:
         """The rows and weights a config learns from: every kind weighted, negatives capped to a fixed
         subset (as table1_v2 caps them)."""
-        weight = {"teacher_item": cfg.real_weight, "synthetic": 1.0, "unit": cfg.unit_weight,
+        weight = {"teacher_item": cfg.head.real_weight, "synthetic": 1.0, "unit": cfg.unit_weight,
                   "added": cfg.added_weight, "negative": cfg.negative_weight}
         pool = Pool(self.pair, self.targets, np.array([weight[k] for k in self.kind]), self.sessions, self.kind)
         neg_rows = np.flatnonzero(self.kind == "negative")
@@ -449,7 +430,7 @@ def export(data: StudentData, cfg: StudentConfig, evaluation: dict, teacher_dir:
               str(staging / "head.safetensors"))
     teacher_spec, served = data.teacher.spec, evaluation["served"]
     spec = ModelSpec(views=STUDENT_VIEWS, pooling=teacher_spec.pooling, max_length=teacher_spec.max_length,
-                     hidden=teacher_spec.hidden, head_hidden=cfg.hidden, dropout=cfg.dropout,
+                     hidden=teacher_spec.hidden, head_hidden=cfg.head.hidden, dropout=cfg.head.dropout,
                      temperature=round(served["temperature"], 4), encoder=f"../{teacher_spec.encoder}",
                      version=f"minilm_pair_student-{data.data_hash[:8]}",
                      extra={"row": "minilm_pair_student", "teacher": teacher_spec.version,
