@@ -554,7 +554,7 @@ def _render_rules(ev: dict) -> list[str]:
              "first) and cross-fitted, fold k decided by thresholds chosen on the other folds' items only "
              "(the thresholds listed are the ones chosen on all folds).", "",
              "| model | rule | hw P / R / F1 | clinical hw P / R / F1 | thresholds |", "|---|---|---|---|---|"]
-    for title, key in (("teacher", "teacher"), ("student (served)", "served")):
+    for title, key in (("teacher", "teacher"), ("student", "served")):
         e, rules = ev[key], ev[key]["rules"]
         lines.append(f"| {title} | argmax | {_prf(e['homework'])} | {_prf(e['homework_clinical'])} | — |")
         lines.append(f"| {title} | p ≥ {ev['threshold']} | {_prf(e['events_at_threshold'])} | "
@@ -565,10 +565,10 @@ def _render_rules(ev: dict) -> list[str]:
             lines.append(f"| {title} | {label} | {_prf(r['homework'])} | {_prf(r['homework_clinical'])} | {thr} |")
     curve = {round(c["threshold"], 2): c for c in ev["served"]["rules"]["curve"]}
     clinical = {round(c["threshold"], 2): c for c in ev["served"]["rules"]["curve_clinical"]}
-    lines += ["", "Student (served): homework-vs-none precision/recall against one event threshold, items and "
+    lines += ["", "Student: homework-vs-none precision/recall against one event threshold, items and "
               "the clinical corpora's items:", "", "| threshold | P / R / F1 | clinical P / R / F1 |", "|---|---|---|"]
     lines += [f"| {t:.2f} | {_prf(curve[t])} | {_prf(clinical[t])} |" for t in sorted(curve)]
-    lines += ["", "Student (served): sessions (150 `sessions_dev`, out of fold) against the event threshold:", "",
+    lines += ["", "Student: sessions (150 `sessions_dev`, out of fold) against the event threshold:", "",
               "| threshold | accuracy | precision | recall |", "|---|---|---|---|"]
     lines += [f"| {r['threshold']:.2f} | {_f(r['accuracy'])} | {_f(r['precision'])} | {_f(r['recall'])} |"
               for r in ev["served"]["session_sweep"]]
