@@ -228,14 +228,17 @@ class OnnxClassifier:
     def version(self) -> str:
         return self.spec.version
 
+    def head_logits(self, feats: np.ndarray) -> np.ndarray:
+        """The head on pooled features (the views' embeddings side by side), before the temperature."""
+        return np.maximum(feats @ self.w1 + self.b1, 0) @ self.w2 + self.b2
+
     def predict_proba(self, examples: Sequence[Example], batch_size: int | None = None) -> np.ndarray:
         """``batch_size`` is accepted for the torch classifier's signature; buckets decide batching."""
         if not examples:
             return np.zeros((0, len(self.spec.classes)), dtype=np.float32)
         feats = np.concatenate(self.encoder.embed_many(
             [[view_text(e, v) for e in examples] for v in self.spec.views]), axis=1)
-        hidden = np.maximum(feats @ self.w1 + self.b1, 0)
-        logits = (hidden @ self.w2 + self.b2) / self.spec.temperature
+        logits = self.head_logits(feats) / self.spec.temperature
         logits -= logits.max(axis=1, keepdims=True)
         p = np.exp(logits)
         return (p / p.sum(axis=1, keepdims=True)).astype(np.float32)

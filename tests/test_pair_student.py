@@ -113,3 +113,13 @@ def test_the_student_is_put_on_its_teachers_probability_scale():
     logits = rng.normal(size=(500, len(CLASSES))) * 3
     teacher = ps.softmax(logits, 2.0)  # the same ranking, twice as soft
     assert abs(fit_temperature_to(logits, teacher) - 2.0) < 0.05
+
+
+def test_the_soft_labels_are_the_served_models_probabilities(tmp_path):
+    teacher = OnnxClassifier(SERVED_ARTIFACT)
+    cache = ps.EmbeddingCache(teacher, tmp_path / "embeddings.npz")
+    feats = ps.features(cache, EXAMPLES)
+    soft = ps.softmax(feats.teacher_logits(teacher), teacher.spec.temperature)
+    assert np.allclose(soft, teacher.predict_proba(EXAMPLES), atol=1e-5)
+    again = ps.features(ps.EmbeddingCache(teacher, tmp_path / "embeddings.npz"), EXAMPLES)  # from disk
+    assert np.array_equal(again.pair, feats.pair)

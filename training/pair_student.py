@@ -46,7 +46,7 @@ from safetensors.torch import save_file
 
 from homework_monitor.contract import Example
 from homework_monitor.model import Head
-from homework_monitor.runtime import ModelSpec, OnnxClassifier
+from homework_monitor.runtime import ModelSpec, OnnxClassifier, view_text
 from homework_monitor.stream.config import default_data_dir
 from homework_monitor.stream.schemas import CLASSES
 from homework_monitor.triton_models import SERVED_ARTIFACT
@@ -140,17 +140,13 @@ class Features:
     therapist: np.ndarray  # [n, hidden] the teacher's second view
 
     def teacher_logits(self, teacher: OnnxClassifier) -> np.ndarray:
-        """The teacher's logits before its temperature (its numpy head on both views)."""
-        feats = np.concatenate([self.pair, self.therapist], axis=1)
-        return np.maximum(feats @ teacher.w1 + teacher.b1, 0) @ teacher.w2 + teacher.b2
-
-    def take(self, idx: np.ndarray) -> Features:
-        return Features(self.pair[idx], self.therapist[idx])
+        """The teacher's logits before its temperature (its head on both views)."""
+        return teacher.head_logits(np.concatenate([self.pair, self.therapist], axis=1))
 
 
-def features(cache: EmbeddingCache, examples: Sequence) -> Features:
-    return Features(cache.embed([(e.therapist, e.client or "") for e in examples]),
-                    cache.embed([e.therapist for e in examples]))
+def features(cache: EmbeddingCache, examples: Sequence[Example]) -> Features:
+    return Features(cache.embed([view_text(e, "pair") for e in examples]),
+                    cache.embed([view_text(e, "therapist") for e in examples]))
 
 
 # ------------------------------------------------------------------------------------------- training
@@ -223,6 +219,8 @@ class StudentData:
 
 def load_student_data(teacher_dir: Path, data_dir: Path, work_dir: Path, cfg: StudentConfig) -> StudentData:
     teacher = OnnxClassifier(teacher_dir)
+    if teacher.spec.views != ("pair", "therapist"):  # Features reads the teacher's head on these two views
+        raise ValueError(f"teacher {teacher_dir} reads views {teacher.spec.views}, not ('pair', 'therapist')")
     T = teacher.spec.temperature
     cache = EmbeddingCache(teacher, work_dir / f"embeddings-{teacher.version}.npz")
     base = load_labeled_data(data_dir)
