@@ -38,6 +38,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -216,6 +217,17 @@ class StudentData:
     fold_of: dict[str, int]
     data_hash: str
 
+    @cached_property
+    def unseen(self) -> tuple[Context, np.ndarray]:
+        """The sessions_dev sessions the teacher never trained an item of (98 of the 152 hold real_dev
+        items, so its figures on all of them are partly in sample): their context, and a mask of their
+        microdialogues."""
+        ctx = self.session_ctx
+        unseen = ctx.truth.keys() - {i.session_id for i in ctx.data.real}
+        sub = replace(ctx, sessions=[s for s in ctx.sessions if s[0].session_id in unseen],
+                      truth={k: v for k, v in ctx.truth.items() if k in unseen})
+        return sub, np.array([state.session_id in unseen for state, mds in ctx.sessions for _ in mds])
+
 
 def load_student_data(teacher_dir: Path, data_dir: Path, work_dir: Path, cfg: StudentConfig) -> StudentData:
     teacher = OnnxClassifier(teacher_dir)
@@ -328,21 +340,11 @@ def served_cv(data: StudentData, cfg: StudentConfig) -> ServedCV:
     return ServedCV(items, sessions, fit_temperature_to(unit_oof, units.targets))
 
 
-def unseen_sessions(data: StudentData) -> tuple[Context, np.ndarray]:
-    """The sessions_dev sessions the teacher never trained an item of (98 of the 152 hold real_dev items,
-    so its figures on all of them are partly in sample): their context, and a mask of their microdialogues."""
-    ctx = data.session_ctx
-    unseen = ctx.truth.keys() - {i.session_id for i in ctx.data.real}
-    sub = replace(ctx, sessions=[s for s in ctx.sessions if s[0].session_id in unseen],
-                  truth={k: v for k, v in ctx.truth.items() if k in unseen})
-    return sub, np.array([state.session_id in unseen for state, mds in ctx.sessions for _ in mds])
-
-
 def live_turns(data: StudentData, probs: np.ndarray, threshold: float) -> dict:
     """Live events on real sessions: every therapist turn of the sessions_dev sessions, an event where
     the rule fires, right where the annotators marked the turn as assigning homework."""
     fired = (probs.argmax(1) != NONE_IDX) & (probs.max(1) >= threshold)
-    _, keep = unseen_sessions(data)
+    _, keep = data.unseen
     return {"turns": binary_metrics(data.session_turn_truth, fired),
             "turns_unseen": binary_metrics(data.session_turn_truth[keep], fired[keep])}
 
@@ -373,7 +375,7 @@ def evaluate(data: StudentData, cfg: StudentConfig, threshold: float) -> dict:
     cv = served_cv(data, cfg)
     s_probs = softmax(cv.items, cv.temperature)
     sess_probs = softmax(cv.sessions, cv.temperature)
-    sub, keep = unseen_sessions(data)
+    sub, keep = data.unseen
     out["served"] = {**scores(y, s_probs, clinical, threshold), "temperature": cv.temperature,
                      # The gold-NLL temperature on the items, for reference (not served).
                      "temperature_gold_nll": fit_temperature(cv.items, y),
