@@ -234,7 +234,8 @@ def test_v2_command_on_the_fixture(tmp_path):
     assert "review" not in r  # TF-IDF has no review output
     md = out.read_text()
     assert md.startswith("# Table 1 (kept)") and "<!-- section:v2:begin -->" in md
-    assert md.count("needs GPU: `bash training/gpu_run_v2.sh`") == len(table1_v2.ROWS) - 1
+    assert md.count("needs GPU: `bash training/gpu_run_v2.sh`") == len(table1_v2.ROWS) - len(table1_v2.CPU_ROWS)
+    assert "not computed: `python -m homework_monitor.training.table1_v2 --rows minilm_frozen_v2`" in md
     js = json.loads((tmp_path / "RESULTS_v2.json").read_text())
     assert js["missing"] == [r for r in table1_v2.ROWS if r != "tfidf_lr_v2"]
     res = json.loads((tmp_path / "res" / "tfidf_lr_v2.json").read_text())
@@ -308,3 +309,64 @@ def test_gpu_script_dry_run_on_cpu(tmp_path):
     from homework_monitor.model import HomeworkClassifier
     probs = HomeworkClassifier(art / "artifact").predict_proba([Example("Write it down each night.", "Okay.")])
     assert probs.shape == (1, len(CLASSES)) and probs.sum() == pytest.approx(1.0, abs=1e-5)
+
+
+# --- length-bucketed batches, the CPU row, the comparison with the served model ----------------------
+def test_length_buckets_cover_every_item_once_with_similar_lengths():
+    from homework_monitor.training.finetune import epoch_batches
+    lengths = np.random.default_rng(1).integers(5, 600, 1000)
+    plain = epoch_batches(np.random.default_rng(3), lengths, 64, False)
+    # Without buckets: the permutation cut in order (the served model's training, unchanged).
+    assert np.array_equal(np.concatenate(plain), np.random.default_rng(3).permutation(1000))
+    bucketed = epoch_batches(np.random.default_rng(3), lengths, 64, True, pool_batches=5)
+    assert sorted(np.concatenate(bucketed).tolist()) == list(range(1000))
+    assert all(len(b) <= 64 for b in bucketed)
+
+    def padded(batches):  # what a batch costs: its longest item, times its size
+        return sum(int(lengths[b].max()) * len(b) for b in batches)
+    assert padded(bucketed) < 0.75 * padded(plain)
+    again = epoch_batches(np.random.default_rng(3), lengths, 64, True, pool_batches=5)
+    assert all(np.array_equal(a, b) for a, b in zip(bucketed, again))
+
+
+def test_rows_are_compared_with_the_served_model_on_what_it_never_trained_on(ctx):
+    from homework_monitor.training.head import softmax
+    from homework_monitor.training.table1 import RowResult
+    ref = table1_v2.served_reference(ctx, table1_v2.SERVED_ARTIFACT)
+    fresh = [i for i in ctx.real if i.id not in ctx.real_dev_ids]
+    assert ref["items"] == [i.id for i in fresh] and len(fresh) == 21
+    assert (ctx.results_dir / "served_reference.json").exists()
+    again = table1_v2.served_reference(ctx, table1_v2.SERVED_ARTIFACT)  # from the cache, the same
+    assert np.allclose(again["item_probs"], ref["item_probs"], atol=1e-4)
+
+    # A row whose out-of-fold predictions are the served model's on the compared items scores as it does.
+    keep = np.isin([i.id for i in ctx.real], ref["items"])
+    item_logits = np.zeros((len(ctx.real), len(CLASSES)))
+    item_logits[keep] = np.log(np.clip(ref["item_probs"], 1e-6, 1)) * 50  # sharp: any temperature keeps the argmax
+    same = table1_v2.against_served(ctx, RowResult("copy", item_logits, np.log(ref["sessions"]), 0.0, "test"), ref)
+    seen = {i.session_id for i in ctx.real if i.id in ctx.real_dev_ids}
+    assert same["n_items"] == 21 and same["n_sessions"] == len(set(ctx.truth) - seen) > 0
+    assert same["row"]["pooled"] == same["served"]["pooled"]
+    # A row that never fires: no live event, no session with homework.
+    silent = np.tile(np.log(np.eye(len(CLASSES))[CLASSES.index("none")] + 1e-9), (len(ctx.real), 1))
+    quiet_sessions = np.tile(silent[:1], (len(ref["sessions"]), 1))
+    quiet = table1_v2.against_served(ctx, RowResult("quiet", silent, quiet_sessions, 0.0, "test"), ref)
+    assert quiet["row"]["live_turns"]["predicted"] == 0 and quiet["row"]["session"]["recall"] == 0
+    assert quiet["row"]["live_turns"]["positives"] == same["served"]["live_turns"]["positives"] > 0
+    assert softmax(silent, 1.0).argmax(1).tolist() == [CLASSES.index("none")] * len(ctx.real)
+
+
+@pytest.mark.slow
+def test_a_cpu_row_exports_a_served_artifact(tmp_path):
+    from homework_monitor.runtime import OnnxClassifier
+    args = ["--config", "smoke", "--data-dir", str(FIXTURES / "data"), "--labels-dir", str(FIXTURES / "labels"),
+            "--results-dir", str(tmp_path / "res"), "--work-dir", str(tmp_path / "work"), "--no-report"]
+    table1_v2.main([*args, "--rows", "minilm_finetuned_v2_pair", "--export-row", "minilm_finetuned_v2_pair",
+                    str(tmp_path / "art")])
+    clf = OnnxClassifier(tmp_path / "art")
+    assert clf.spec.views == ("pair",) and clf.spec.extra["row"] == "minilm_finetuned_v2_pair"
+    assert clf.spec.extra["items"] > 81 and (tmp_path / "art" / "review_head.safetensors").exists()
+    probs = clf.predict_proba([Example(therapist="Could you write down each worry this week?", client="Sure.")])
+    assert probs.shape == (1, len(CLASSES)) and np.isclose(probs.sum(), 1.0)
+    with pytest.raises(SystemExit, match="--export-row"):
+        table1_v2.main([*args, "--rows", "", "--export-row", "tfidf_lr_v2", str(tmp_path / "no")])

@@ -56,6 +56,22 @@ def event_labels(probs: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     return np.where(keep, top, NONE_IDX)
 
 
+def fires(probs: np.ndarray, threshold: float) -> np.ndarray:
+    """Where the served rule raises a live event: top class not ``none`` with p ≥ ``threshold``."""
+    return event_labels(probs, _same(threshold)) != NONE_IDX
+
+
+def item_scores(y: np.ndarray, probs: np.ndarray, clinical: np.ndarray, threshold: float) -> dict:
+    """Labelled items: 5-class and homework-vs-none at argmax, and live events at ``threshold``; all items
+    and the clinical corpora's."""
+    pred, event = probs.argmax(1), fires(probs, threshold)
+    return {"pooled": classification_metrics(y, pred), "clinical": classification_metrics(y[clinical], pred[clinical]),
+            "homework": binary_metrics(y != NONE_IDX, pred != NONE_IDX),
+            "homework_clinical": binary_metrics(y[clinical] != NONE_IDX, pred[clinical] != NONE_IDX),
+            "events_at_threshold": binary_metrics(y != NONE_IDX, event),
+            "events_at_threshold_clinical": binary_metrics(y[clinical] != NONE_IDX, event[clinical])}
+
+
 def choose_class_thresholds(probs: np.ndarray, y: np.ndarray, beta: float = 0.5,
                             grid: np.ndarray = THRESHOLD_GRID) -> np.ndarray:
     """Per-class thresholds maximising each homework class's F-beta (one-vs-rest) under the rule.

@@ -71,7 +71,9 @@ from .metrics import (
     choose_event_threshold,
     classification_metrics,
     cross_fitted,
+    fires,
     homework_curve,
+    item_scores,
 )
 from .table1 import Context, load_dev_sessions, session_level, with_sections
 
@@ -223,10 +225,7 @@ class StudentData:
         items, so its figures on all of them are partly in sample): their context, and a mask of their
         microdialogues."""
         ctx = self.session_ctx
-        unseen = ctx.truth.keys() - {i.session_id for i in ctx.data.real}
-        sub = replace(ctx, sessions=[s for s in ctx.sessions if s[0].session_id in unseen],
-                      truth={k: v for k, v in ctx.truth.items() if k in unseen})
-        return sub, np.array([state.session_id in unseen for state, mds in ctx.sessions for _ in mds])
+        return ctx.sessions_only(set(ctx.truth) - {i.session_id for i in ctx.data.real})
 
 
 def load_student_data(teacher_dir: Path, data_dir: Path, work_dir: Path, cfg: StudentConfig) -> StudentData:
@@ -254,8 +253,7 @@ def load_student_data(teacher_dir: Path, data_dir: Path, work_dir: Path, cfg: St
     session_ex = [m.example() for _, mds in windowed for m in mds]
     f_sess = features(cache, session_ex)
     sess_of_md = [state.session_id for state, mds in windowed for _ in mds]
-    assigning = {r["session_id"]: set(r.get("turns") or []) for r in dev.rows}
-    turn_truth = np.array([m.turn in assigning[state.session_id] for state, mds in windowed for m in mds])
+    turn_truth = dev.assigning_turns(windowed)
 
     unit_probs = softmax(f_units.teacher_logits(teacher), T)
     # Distillation pool first (teacher items + units), then the labels the teacher never saw.
@@ -281,16 +279,6 @@ def load_student_data(teacher_dir: Path, data_dir: Path, work_dir: Path, cfg: St
                        np.array([fold_of[s] for s in sess_of_md]), turn_truth, fold_of, data_hash)
 
 
-def scores(y: np.ndarray, probs: np.ndarray, clinical: np.ndarray, threshold: float) -> dict:
-    pred = probs.argmax(1)
-    event = (pred != NONE_IDX) & (probs.max(1) >= threshold)
-    return {"pooled": classification_metrics(y, pred), "clinical": classification_metrics(y[clinical], pred[clinical]),
-            "homework": binary_metrics(y != NONE_IDX, pred != NONE_IDX),
-            "homework_clinical": binary_metrics(y[clinical] != NONE_IDX, pred[clinical] != NONE_IDX),
-            "events_at_threshold": binary_metrics(y != NONE_IDX, event),
-            "events_at_threshold_clinical": binary_metrics(y[clinical] != NONE_IDX, event[clinical])}
-
-
 def decision_rules(y: np.ndarray, probs: np.ndarray, clinical: np.ndarray, folds: np.ndarray,
                    beta: float = 0.5) -> dict:
     """The live event rule chosen for precision (F0.5), cross-fitted: fold k's items are decided by
@@ -308,7 +296,7 @@ def decision_rules(y: np.ndarray, probs: np.ndarray, clinical: np.ndarray, folds
 
 
 def agreement(a: np.ndarray, b: np.ndarray, threshold: float) -> dict:
-    ev = [(p.argmax(1) != NONE_IDX) & (p.max(1) >= threshold) for p in (a, b)]
+    ev = [fires(p, threshold) for p in (a, b)]
     return {"labels": float((a.argmax(1) == b.argmax(1)).mean()), "events": float((ev[0] == ev[1]).mean())}
 
 
@@ -343,7 +331,7 @@ def served_cv(data: StudentData, cfg: StudentConfig) -> ServedCV:
 def live_turns(data: StudentData, probs: np.ndarray, threshold: float) -> dict:
     """Live events on real sessions: every therapist turn of the sessions_dev sessions, an event where
     the rule fires, right where the annotators marked the turn as assigning homework."""
-    fired = (probs.argmax(1) != NONE_IDX) & (probs.max(1) >= threshold)
+    fired = fires(probs, threshold)
     _, keep = data.unseen
     return {"turns": binary_metrics(data.session_turn_truth, fired),
             "turns_unseen": binary_metrics(data.session_turn_truth[keep], fired[keep])}
@@ -357,7 +345,7 @@ def evaluate(data: StudentData, cfg: StudentConfig, threshold: float) -> dict:
     out: dict = {"n_items": len(y), "n_clinical": int(clinical.sum()), "threshold": threshold,
                  "pool": {k: int((pool.kind == k).sum()) for k in ("teacher_item", "synthetic", "unit", "added",
                                                                    "negative")}}
-    out["teacher"] = scores(y, data.added_teacher_probs, clinical, threshold)
+    out["teacher"] = item_scores(y, data.added_teacher_probs, clinical, threshold)
 
     # Distilled: the teacher's data only. The student never copies the teacher on the very items it is
     # scored on: whole scored sessions are left out.
@@ -369,14 +357,14 @@ def evaluate(data: StudentData, cfg: StudentConfig, threshold: float) -> dict:
     # no gold label decides it.
     T_d = fit_temperature_to(student_logits(head, pool.pair[held_units]), pool.targets[held_units])
     d_probs = softmax(student_logits(head, data.added_pair), T_d)
-    out["distilled"] = {**scores(y, d_probs, clinical, threshold), "temperature": T_d,
+    out["distilled"] = {**item_scores(y, d_probs, clinical, threshold), "temperature": T_d,
                         "agreement_with_teacher": agreement(d_probs, data.added_teacher_probs, threshold)}
 
     cv = served_cv(data, cfg)
     s_probs = softmax(cv.items, cv.temperature)
     sess_probs = softmax(cv.sessions, cv.temperature)
     sub, keep = data.unseen
-    out["served"] = {**scores(y, s_probs, clinical, threshold), "temperature": cv.temperature,
+    out["served"] = {**item_scores(y, s_probs, clinical, threshold), "temperature": cv.temperature,
                      # The gold-NLL temperature on the items, for reference (not served).
                      "temperature_gold_nll": fit_temperature(cv.items, y),
                      "agreement_with_teacher": agreement(s_probs, data.added_teacher_probs, threshold),

@@ -92,6 +92,13 @@ class Context:
             folds += [self.fold_of[state.session_id]] * len(mds)
         return ex, np.array(folds, dtype=int)
 
+    def sessions_only(self, keep: set[str]) -> tuple[Context, np.ndarray]:
+        """This context on the sessions in ``keep`` only, and the mask of their microdialogues among
+        all (in ``session_examples`` order)."""
+        sub = replace(self, sessions=[s for s in self.sessions if s[0].session_id in keep],
+                      truth={k: v for k, v in self.truth.items() if k in keep})
+        return sub, np.array([state.session_id in keep for state, mds in self.sessions for _ in mds], dtype=bool)
+
     def train_split(self, k: int) -> tuple[list, np.ndarray]:
         """Fold k's training items (other folds' real + all synthetic) and their sample weights."""
         items = [i for i in self.real if self.fold_of[i.session_id] != k] + self.data.synthetic
@@ -111,6 +118,12 @@ class DevSessions:
 
     def windowed(self) -> list:
         return list(windowed_sessions([s for _, s in self.sessions], WindowConfig()))
+
+    def assigning_turns(self, windowed: list) -> np.ndarray:
+        """Per microdialogue of ``windowed`` (in order): the session's annotators marked its therapist
+        turn as assigning homework (``turns``): the truth of a live event on that turn."""
+        marked = {r["session_id"]: set(r.get("turns") or []) for r in self.rows}
+        return np.array([m.turn in marked[state.session_id] for state, mds in windowed for m in mds], dtype=bool)
 
 
 def load_dev_sessions(data_dir: Path) -> DevSessions:

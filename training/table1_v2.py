@@ -48,8 +48,9 @@ from pathlib import Path
 import numpy as np
 
 from homework_monitor.model import Encoder, Example, Head, base_encoder_path, featurize
-from homework_monitor.stream.config import default_data_dir
+from homework_monitor.stream.config import Settings, default_data_dir
 from homework_monitor.stream.schemas import CLASSES
+from homework_monitor.triton_models import SERVED_ARTIFACT
 
 from .data import (
     ADDED_LABELS_DIR,
@@ -74,7 +75,9 @@ from .metrics import (
     choose_event_threshold,
     classification_metrics,
     cross_fitted,
+    fires,
     homework_curve,
+    item_scores,
 )
 from .table1 import CONFIGS as T1_CONFIGS
 from .table1 import (
@@ -90,17 +93,19 @@ from .table1 import (
     with_sections,
 )
 
-ROWS = ("tfidf_lr_v2", "minilm_frozen_v2", "minilm_finetuned_v2", "minilm_finetuned_v2_ctx",
+ROWS = ("tfidf_lr_v2", "minilm_frozen_v2", "minilm_finetuned_v2_pair", "minilm_finetuned_v2", "minilm_finetuned_v2_ctx",
         "mpnet_finetuned_v2", "minilm_student_v2")
-CPU_ROWS = ("tfidf_lr_v2", "minilm_frozen_v2")
+CPU_ROWS = ("tfidf_lr_v2", "minilm_frozen_v2", "minilm_finetuned_v2_pair")
 ROW_TITLES = {
     "tfidf_lr_v2": "TF-IDF + LR",
     "minilm_frozen_v2": "MiniLM frozen + joint head",
+    "minilm_finetuned_v2_pair": "MiniLM fine-tuned + review output, pair view only (one encoder pass)",
     "minilm_finetuned_v2": "MiniLM fine-tuned + review output",
     "minilm_finetuned_v2_ctx": "MiniLM fine-tuned + review output + context view",
     "mpnet_finetuned_v2": "MPNet (all-mpnet-base-v2) fine-tuned + review output",
     "minilm_student_v2": "MiniLM student distilled from the best teacher",
 }
+SERVED_EVENT_THRESHOLD: float = Settings.model_fields["event_threshold"].default  # HWM_EVENT_THRESHOLD
 FT_VIEWS = ("pair", "therapist")  # the served views; the _ctx row adds "context"
 
 
@@ -111,6 +116,9 @@ class V2Config(Table1Config):
     review_weight: float = 1.0
     beta: float = 0.5  # F-beta of the decision rule: precision counts 4x recall
     ft_minilm: FinetuneConfig = FinetuneConfig(epochs=3, batch_size=64, lr_encoder=5e-5)
+    # The row a CPU can train (about 50 min for 5 folds on 2 cores): one view, batches of similar
+    # length, two epochs (more examples than the served model's four epochs over a third of the data).
+    ft_minilm_pair: FinetuneConfig = FinetuneConfig(epochs=2, batch_size=64, lr_encoder=5e-5, length_buckets=True)
     ft_mpnet: FinetuneConfig = FinetuneConfig(epochs=2, batch_size=32, lr_encoder=2e-5)
     ft_student: FinetuneConfig = FinetuneConfig(epochs=2, batch_size=64, lr_encoder=5e-5)
     teacher_rows: tuple[str, ...] = ("mpnet_finetuned_v2", "minilm_finetuned_v2")
@@ -122,7 +130,7 @@ class V2Config(Table1Config):
 _SMOKE_FT = FinetuneConfig(epochs=1, max_steps=2, batch_size=8, max_length=48)
 CONFIGS = {
     "smoke": V2Config("smoke", 3, T1_CONFIGS["smoke"].pretrain, _SMOKE_FT, HeadConfig(epochs=5),
-                      negatives_cap=10, ft_minilm=_SMOKE_FT, ft_mpnet=_SMOKE_FT, ft_student=_SMOKE_FT,
+                      negatives_cap=10, ft_minilm=_SMOKE_FT, ft_minilm_pair=_SMOKE_FT, ft_mpnet=_SMOKE_FT, ft_student=_SMOKE_FT,
                       student_units_per_fold=20),
     "full": V2Config("full", 5, T1_CONFIGS["full"].pretrain, FinetuneConfig(), HeadConfig()),
 }
@@ -138,6 +146,8 @@ class V2Context(Context):
     results_dir: Path = Path("training") / "results_v2"
     deadline: float | None = None  # time.time() by which a row must be done
     mpnet_path: Path | None = None
+    real_dev_ids: frozenset[str] = frozenset()  # what the served (v1) model trained on, with synthetic
+    turn_truth: np.ndarray | None = None  # per sessions_dev microdialogue: its turn assigns homework
 
     @property
     def v2(self) -> V2Config:
@@ -195,8 +205,10 @@ def build_v2_context(cfg: V2Config, data_dir: Path, labels_dir: Path, device: st
     negatives = clinical_negatives(dev.sessions, dev.rows, labelled)
     data = LabeledData(real, base.synthetic, text_sha256(*data_paths(data_dir, labels_dir)))
     fold_of = session_folds([i.session_id for i in real] + list(dev.truth), cfg.n_folds)
-    return V2Context(cfg, data_dir, data, fold_of, dev.windowed(), dev.truth, device, work_dir,
-                     negatives=negatives, results_dir=results_dir, deadline=deadline, mpnet_path=mpnet_path)
+    windowed = dev.windowed()
+    return V2Context(cfg, data_dir, data, fold_of, windowed, dev.truth, device, work_dir,
+                     negatives=negatives, results_dir=results_dir, deadline=deadline, mpnet_path=mpnet_path,
+                     real_dev_ids=frozenset(i.id for i in base.real), turn_truth=dev.assigning_turns(windowed))
 
 
 # ----------------------------------------------------------------------------------------- rows
@@ -310,6 +322,10 @@ def row_minilm_finetuned_v2(ctx: V2Context):
                         score_units="minilm_finetuned_v2" in ctx.v2.teacher_rows)
 
 
+def row_minilm_finetuned_v2_pair(ctx: V2Context):
+    return finetuned_cv(ctx, "minilm_finetuned_v2_pair", base_encoder_path(), ("pair",), ctx.v2.ft_minilm_pair)
+
+
 def row_minilm_finetuned_v2_ctx(ctx: V2Context):
     return finetuned_cv(ctx, "minilm_finetuned_v2_ctx", base_encoder_path(), (*FT_VIEWS, "context"), ctx.v2.ft_minilm)
 
@@ -348,21 +364,58 @@ def row_minilm_student_v2(ctx: V2Context):
 
 
 ROW_FUNCS = {"tfidf_lr_v2": row_tfidf_lr_v2, "minilm_frozen_v2": row_minilm_frozen_v2,
+             "minilm_finetuned_v2_pair": row_minilm_finetuned_v2_pair,
              "minilm_finetuned_v2": row_minilm_finetuned_v2, "minilm_finetuned_v2_ctx": row_minilm_finetuned_v2_ctx,
              "mpnet_finetuned_v2": row_mpnet_finetuned_v2, "minilm_student_v2": row_minilm_student_v2}
-ENCODER_OF = {"minilm_frozen_v2": "minilm", "minilm_finetuned_v2": "minilm", "minilm_finetuned_v2_ctx": "minilm",
+COMPARED_ROWS = ("minilm_finetuned_v2_pair", "minilm_finetuned_v2", "minilm_finetuned_v2_ctx", "mpnet_finetuned_v2",
+                 "minilm_student_v2")  # fine-tuned rows: candidates to replace the served model
+ENCODER_OF = {"minilm_frozen_v2": "minilm", "minilm_finetuned_v2_pair": "minilm", "minilm_finetuned_v2": "minilm", "minilm_finetuned_v2_ctx": "minilm",
               "mpnet_finetuned_v2": "mpnet", "minilm_student_v2": "minilm"}
 
 
-# --------------------------------------------------------------------------------- the served student
+# ------------------------------------------------------------------------- served artifacts from rows
+def row_evaluation(ctx: V2Context, row: str) -> dict:
+    """A computed row's out-of-fold evaluation (its temperature and thresholds are the served ones)."""
+    path = ctx.results_dir / f"{row}.json"
+    if not path.exists():
+        raise RowSkipped(f"no {row} row in {ctx.results_dir}: its out-of-fold temperature is the served one")
+    return evaluate_v2(ctx, RowResult.from_json(json.loads(path.read_text())))
+
+
+def write_finetuned_row(ctx: V2Context, row: str, model, cfg: FinetuneConfig, evaluation: dict, out: Path,
+                        **extra) -> Path:
+    """A model trained on everything, as the served artifact (ONNX encoder, review head beside it), with
+    its row's out-of-fold temperature, thresholds and figures."""
+    from .export import save_finetuned, write_artifact
+    spec_common = dict(temperature=round(evaluation["temperature"], 4), version=f"{row}-{ctx.data.data_hash[:8]}",
+                       extra={"row": row, "data_hash": ctx.data.data_hash,
+                              "cv_metrics": {k: round(v, 4) for k, v in evaluation["pooled"].items()},
+                              "session": evaluation["session"], "thresholds": evaluation["rule"]["thresholds"],
+                              **extra})
+    return write_artifact(out, lambda staging: save_finetuned(model, cfg, spec_common, staging))
+
+
+EXPORTABLE = {"minilm_finetuned_v2_pair": (("pair",), "ft_minilm_pair"), "minilm_finetuned_v2": (FT_VIEWS, "ft_minilm")}
+
+
+def export_row(ctx: V2Context, row: str, out: Path) -> Path:
+    """Train a fine-tuned row's recipe on every labelled item (real, synthetic, clinical negatives capped
+    as in a fold, review targets) and write it to ``out`` as a served artifact."""
+    if row not in EXPORTABLE:
+        raise SystemExit(f"--export-row: one of {', '.join(EXPORTABLE)}")
+    evaluation = row_evaluation(ctx, row)
+    views, cfg_field = EXPORTABLE[row]
+    cfg: FinetuneConfig = getattr(ctx.v2, cfg_field)
+    items, w = ctx.all_training()
+    model = finetune(base_encoder_path(), [i.example for i in items], np.array([i.y for i in items]), w, views,
+                     "mean", cfg, len(CLASSES), ctx.device, progress=sys.stderr.isatty(), review=review_target(items))
+    return write_finetuned_row(ctx, row, model, cfg, evaluation, out, items=len(items))
+
+
 def export_student(ctx: V2Context, out: Path) -> Path:
     """Train the served student on everything (all labelled items, all units soft-labelled by the mean
     of the fold teachers) and write it as the served artifact (ONNX encoder), review head beside it."""
-    from .export import save_finetuned, write_artifact
-    student_p = ctx.results_dir / "minilm_student_v2.json"
-    if not student_p.exists():
-        raise RowSkipped(f"no minilm_student_v2 row in {ctx.results_dir}: its temperature is the served one")
-    evaluation = evaluate_v2(ctx, RowResult.from_json(json.loads(student_p.read_text())))
+    evaluation = row_evaluation(ctx, "minilm_student_v2")
     teacher, T, unit_logits = pick_teacher(ctx)
     soft_units = np.mean([softmax(unit_logits[k], T) for k in range(len(unit_logits))], axis=0)
     items, w = ctx.all_training()
@@ -375,13 +428,8 @@ def export_student(ctx: V2Context, out: Path) -> Path:
     cfg = ctx.v2.ft_student
     model = finetune(base_encoder_path(), ex, y, w, FT_VIEWS, "mean", cfg, len(CLASSES), ctx.device,
                      progress=sys.stderr.isatty(), review=rev, soft=soft)
-    spec_common = dict(temperature=round(evaluation["temperature"], 4),
-                       version=f"minilm_student_v2-{ctx.data.data_hash[:8]}",
-                       extra={"row": "minilm_student_v2", "teacher": teacher, "data_hash": ctx.data.data_hash,
-                              "cv_metrics": {k: round(v, 4) for k, v in evaluation["pooled"].items()},
-                              "session": evaluation["session"], "thresholds": evaluation["rule"]["thresholds"],
-                              "units": len(units), "items": len(items)})
-    return write_artifact(out, lambda staging: save_finetuned(model, cfg, spec_common, staging))
+    return write_finetuned_row(ctx, "minilm_student_v2", model, cfg, evaluation, out, teacher=teacher,
+                               units=len(units), items=len(items))
 
 
 # ----------------------------------------------------------------------------------- evaluation
@@ -418,6 +466,50 @@ def evaluate_v2(ctx: V2Context, res: RowResult) -> dict:
         rt = review_target(ctx.real)
         m = ~np.isnan(rt)
         out["review"] = binary_metrics(rt[m] > 0.5, res.review_logits[m] >= 0.0)  # p >= 0.5
+    return out
+
+
+def served_reference(ctx: V2Context, artifact: Path) -> dict:
+    """The served model's probabilities on what it never trained on (the scored items outside real_dev)
+    and on every sessions_dev microdialogue; cached in ``served_reference.json`` per model version."""
+    from homework_monitor.runtime import OnnxClassifier
+    clf = OnnxClassifier(artifact)
+    fresh = [i.id for i in ctx.real if i.id not in ctx.real_dev_ids]
+    sess_ex, _ = ctx.session_examples()
+    path = ctx.results_dir / "served_reference.json"
+    if path.exists():
+        cached = json.loads(path.read_text())
+        if cached["version"] == clf.version and cached["items"] == fresh and len(cached["sessions"]) == len(sess_ex):
+            return {k: np.array(v) if k in ("item_probs", "sessions") else v for k, v in cached.items()}
+    by_id = {i.id: i for i in ctx.real}
+    ref = {"version": clf.version, "items": fresh,
+           "item_probs": clf.predict_proba([by_id[i].example for i in fresh], 32),
+           "sessions": clf.predict_proba(sess_ex, 32)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({k: np.round(v, 5).tolist() if isinstance(v, np.ndarray) else v
+                                for k, v in ref.items()}) + "\n")
+    return ref
+
+
+def against_served(ctx: V2Context, res: RowResult, ref: dict) -> dict:
+    """A row's out-of-fold figures beside the served model's, on what the served model never trained on:
+    the scored items outside real_dev, and the sessions_dev sessions none of whose items are in real_dev.
+    Live turns: every therapist turn of those sessions, an event where the served rule fires (p ≥ the
+    event threshold), right where the session's annotators marked the turn as assigning homework."""
+    assert ctx.turn_truth is not None
+    threshold = SERVED_EVENT_THRESHOLD
+    y_all = np.array([i.y for i in ctx.real])
+    keep = np.isin([i.id for i in ctx.real], ref["items"])
+    y, clin = y_all[keep], ctx.clinical[keep]
+    T = fit_temperature(res.item_logits, y_all)
+    seen = {i.session_id for i in ctx.real if i.id in ctx.real_dev_ids}
+    sub, unseen = ctx.sessions_only(set(ctx.truth) - seen)
+    out = {"n_items": int(keep.sum()), "n_sessions": len(sub.truth), "threshold": threshold}
+    for name, items, sessions in (("served", ref["item_probs"], ref["sessions"]),
+                                  ("row", softmax(res.item_logits, T)[keep], softmax(res.session_logits, T))):
+        out[name] = {**item_scores(y, items, clin, threshold),
+                     "session": session_level(sub, sessions[unseen], threshold),
+                     "live_turns": binary_metrics(ctx.turn_truth[unseen], fires(sessions[unseen], threshold))}
     return out
 
 
@@ -460,6 +552,35 @@ def cpu_latency(ctx: V2Context, row: str, res: RowResult) -> dict | None:
 # ----------------------------------------------------------------------------------------- report
 def _f(x: float) -> str:
     return f"{x:.3f}"
+
+
+def _prf(m: dict) -> str:
+    return f"{_f(m['precision'])} / {_f(m['recall'])} / {_f(m['f1'])}"
+
+
+def _render_against_served(compared: dict[str, dict]) -> list[str]:
+    if not compared:
+        return []
+    first = next(iter(compared.values()))
+    lines = ["", "### Against the served model, on what it never trained on", "",
+             f"The served model (`{first['served_version']}`) trained on real_dev and the synthetic items. Here it "
+             f"and each row's out-of-fold predictions are scored on the {first['n_items']} items outside real_dev "
+             f"and the {first['n_sessions']} `sessions_dev` sessions without a real_dev item. Events: top class ≠ "
+             f"none with p ≥ {first['threshold']} (the served threshold). **Live turns**: every therapist turn of "
+             "those sessions, an event where the rule fires, right where the session's annotators marked the "
+             "turn as assigning homework (the closest measure here of live nudges on real sessions).", "",
+             "| model | macro-F1 | hw-vs-none F1 | clinical macro-F1 | clinical hw F1 | events P / R / F1 "
+             "| clinical events P / R / F1 | session acc / P / R | live turns P / R / F1 |", "|---|" + "---|" * 8]
+
+    def line(title: str, m: dict) -> str:
+        s = m["session"]
+        return (f"| {title} | {_f(m['pooled']['macro_f1'])} | {_f(m['homework']['f1'])} | "
+                f"{_f(m['clinical']['macro_f1'])} | {_f(m['homework_clinical']['f1'])} | "
+                f"{_prf(m['events_at_threshold'])} | {_prf(m['events_at_threshold_clinical'])} | "
+                f"{_f(s['accuracy'])} / {_f(s['precision'])} / {_f(s['recall'])} | {_prf(m['live_turns'])} |")
+    lines.append(line("served model", first["served"]))
+    lines += [line(ROW_TITLES[name], c["row"]) for name, c in compared.items()]
+    return lines
 
 
 def render_v2(ctx: V2Context, results: dict[str, dict], missing: list[str], command: str,
@@ -507,14 +628,17 @@ def render_v2(ctx: V2Context, results: dict[str, dict], missing: list[str], comm
             f" | {(_f(rv['precision']) + ' / ' + _f(rv['recall']) + ' / ' + _f(rv['f1'])) if rv else '—'}"
             f" | {lat['ms'] if lat else '—'} | {r['where']} |")
     for name in missing:
-        lines.append(f"| {ROW_TITLES[name]} | needs GPU: `bash training/gpu_run_v2.sh` |" + " |" * 15)
-    if missing:
+        how = (f"not computed: `python -m homework_monitor.training.table1_v2 --rows {name}`" if name in CPU_ROWS
+               else "needs GPU: `bash training/gpu_run_v2.sh`")
+        lines.append(f"| {ROW_TITLES[name]} | {how} |" + " |" * 15)
+    if set(missing) - set(CPU_ROWS):
         lines += ["", "Rows marked *needs GPU* have not been run: no figure is claimed for them. To run them: "
                   "`bash training/gpu_pack_v2.sh` here (the payload in ~10 MB parts: a device call carries at most "
                   "64 MiB with the working tree, which holds the ~45 MB served model), one device call per part "
                   "(header of that script), the last one running `bash training/gpu_run_v2.sh`; then untar "
                   "`results_v2.tgz` into `training/results_v2/` and rerun this command. MPNet's ~220 MB (fp16) "
                   "need about 22 more calls: more than one session's 15 device minutes allow."]
+    lines += _render_against_served({n: r["against_served"] for n, r in results.items() if r.get("against_served")})
     lines += ["", "### Decision rule (out of fold)", "",
               f"Event = top class c ≠ none with p(c) ≥ t_c. Thresholds maximise F{ctx.v2.beta:g} (precision "
               "first) and are cross-fitted: fold k's items are decided by thresholds chosen on the other folds' "
@@ -576,6 +700,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--deadline-s", type=float, default=None, help="stop rows that would end later than this")
     p.add_argument("--recompute", action="store_true", help="ignore cached row results")
     p.add_argument("--no-report", action="store_true", help="compute the rows only")
+    p.add_argument("--served", type=Path, default=SERVED_ARTIFACT,
+                   help="the served artifact the rows are compared with (on what it never trained on)")
+    p.add_argument("--export-row", nargs=2, default=None, metavar=("ROW", "OUT"),
+                   help=f"train a fine-tuned row ({', '.join(EXPORTABLE)}) on everything and write its artifact to OUT")
     p.add_argument("--export-student", type=Path, default=None, metavar="OUT",
                    help="then train the served student on everything and write its artifact to OUT")
     a = p.parse_args(argv)
@@ -597,6 +725,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 print(f"[table1_v2] {name} done", file=sys.stderr, flush=True)
             except RowSkipped as e:
                 print(f"[table1_v2] {name} SKIPPED: {e}", file=sys.stderr, flush=True)
+    if a.export_row is not None:
+        print(json.dumps({"exported": str(export_row(ctx, a.export_row[0], Path(a.export_row[1])))}), flush=True)
     if a.export_student is not None:
         try:
             print(json.dumps({"exported": str(export_student(ctx, a.export_student))}), flush=True)
@@ -606,6 +736,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         return {}
     # The report shows every row whose result is cached, in table order; the rest are listed as missing.
     results, missing = {}, []
+    ref = served_reference(ctx, a.served) if ctx.turn_truth is not None and (a.served / "model.json").exists() else None
     for name in ROWS:
         path = a.results_dir / f"{name}.json"
         if not path.exists():
@@ -613,6 +744,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
             continue
         res = RowResult.from_json(json.loads(path.read_text()))
         results[name] = evaluate_v2(ctx, res) | {"latency": cpu_latency(ctx, name, res)}
+        if ref is not None and name in COMPARED_ROWS:
+            results[name]["against_served"] = against_served(ctx, res, ref) | {"served_version": ref["version"]}
         print(f"[table1_v2] {name}: macro-F1 {results[name]['pooled']['macro_f1']:.3f} "
               f"hw-F1 {results[name]['pooled']['homework_f1']:.3f} "
               f"clinical hw-F1 {results[name]['clinical']['homework_f1']:.3f}", file=sys.stderr, flush=True)
