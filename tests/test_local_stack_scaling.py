@@ -107,6 +107,8 @@ def test_the_student_is_served_by_one_setting(settings_factory, monkeypatch):
     assert repo != s.model_repository and configured_artifact(s.model_repository) == "artifact"
     assert configured_artifact(repo) == "artifact/student" and configured_instances(repo) == [1]
     assert (repo / "homework_classifier" / "1" / "artifact" / "student" / "model.json").is_file()
+    monkeypatch.setenv("HWM_TRITON_ARTIFACT", "artifact/v2_head")  # the two-view head on every label
+    assert configured_artifact(served_repository(settings_factory())) == "artifact/v2_head"
 
 
 def test_an_artifact_that_is_not_there_refuses_to_start(settings_factory, monkeypatch):

@@ -1,7 +1,8 @@
-"""The served CPU student (``training/pair_student.py``): one encoder pass, distilled from the teacher.
+"""Heads on the served encoder (``training/pair_student.py``): the one-pass student and the two-view v2
+head, both distilled from the served model (the teacher) and taught the labels it never saw.
 
-Soft-target training, the fold discipline of its evaluation, the export (swapped in whole, never half)
-and the layout: the student beside its teacher, reading the teacher's encoder.
+Soft-target training, the fold discipline of its evaluation, the export (a head that does not load
+replaces nothing) and the layout: one encoder, read by the teacher and both heads beside it.
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ def test_the_student_learns_its_teacher_from_probabilities_alone():
 
 def test_a_fold_learns_nothing_of_its_own_sessions():
     sessions = np.array([f"s{i % 10}" for i in range(50)])
-    pool = ps.Pool(np.zeros((50, 4)), np.eye(len(CLASSES))[np.zeros(50, int)], np.ones(50), sessions,
+    pool = ps.Pool(ps.Features(np.zeros((50, 4)), np.zeros((50, 4))), np.eye(len(CLASSES))[np.zeros(50, int)], np.ones(50), sessions,
                    np.array(["unit"] * 25 + ["added"] * 25))
     fold_of = {f"s{i}": i % 5 for i in range(10)}
     for k in range(5):
@@ -50,17 +51,19 @@ def test_a_fold_learns_nothing_of_its_own_sessions():
         assert len(train.sessions) == sum(fold_of[s] != k for s in sessions)
 
 
-def test_the_student_sits_beside_its_teacher_and_reads_its_encoder():
+def test_one_encoder_read_by_the_teacher_and_both_heads_beside_it():
     teacher = ModelSpec.load(SERVED_ARTIFACT)
-    student_dir = SERVED_ARTIFACT / ps.STUDENT_DIR
-    student = ModelSpec.load(student_dir)
-    assert teacher.views == ("pair", "therapist") and student.views == ("pair",)
-    assert student.extra["teacher"] == teacher.version
-    assert (student_dir / student.encoder).resolve() == (SERVED_ARTIFACT / teacher.encoder).resolve()
-    assert not (student_dir / "encoder").exists()  # one copy of the encoder
+    student_dir, v2_dir = SERVED_ARTIFACT / ps.STUDENT_DIR, SERVED_ARTIFACT / ps.V2_HEAD_DIR
+    student, v2 = ModelSpec.load(student_dir), ModelSpec.load(v2_dir)
+    assert teacher.views == v2.views == ("pair", "therapist") and student.views == ("pair",)
+    assert student.extra["teacher"] == v2.extra["teacher"] == teacher.version == "minilm_finetuned-d6b40da5"
+    assert v2.version.startswith("minilm_v2_head-")
+    encoder = (SERVED_ARTIFACT / teacher.encoder).resolve()
+    assert (student_dir / student.encoder).resolve() == (v2_dir / v2.encoder).resolve() == encoder
+    assert not (student_dir / "encoder").exists() and not (v2_dir / "encoder").exists()  # one copy
     model = MODEL_REPOSITORY / "homework_classifier"
     assert model / "1" / _config_artifact(model / "config.pbtxt") == SERVED_ARTIFACT  # the default
-    for clf in (OnnxClassifier(SERVED_ARTIFACT), OnnxClassifier(student_dir)):
+    for clf in (OnnxClassifier(SERVED_ARTIFACT), OnnxClassifier(student_dir), OnnxClassifier(v2_dir)):
         p = clf.predict_proba(EXAMPLES)
         assert p.shape == (3, len(CLASSES)) and np.allclose(p.sum(1), 1.0, atol=1e-5)
 
@@ -68,43 +71,52 @@ def test_the_student_sits_beside_its_teacher_and_reads_its_encoder():
 def _data(teacher: OnnxClassifier, dim: int) -> SimpleNamespace:
     rng = np.random.default_rng(1)
     y = rng.integers(0, len(CLASSES), 64)
-    pool = ps.Pool(rng.normal(size=(64, dim)).astype(np.float32), np.eye(len(CLASSES))[y], np.ones(64),
+    feats = ps.Features(*(rng.normal(size=(64, dim)).astype(np.float32) for _ in range(2)))
+    pool = ps.Pool(feats, np.eye(len(CLASSES))[y], np.ones(64),
                    np.array(["s"] * 64), np.array(["added"] * 64))
     return SimpleNamespace(teacher=teacher, pool=pool, data_hash="0123456789abcdef")
 
 
-EVALUATION = {"served": {"temperature": 1.25, "pooled": {"macro_f1": 0.5}, "session": {"sessions": 0},
-                         "turns": {"precision": 0.5}}}
+FIGURES = {"temperature": 1.25, "pooled": {"macro_f1": 0.5}, "session": {"sessions": 0}, "turns": {"precision": 0.5}}
+FAST = ps.HeadConfig(epochs=1)
 
 
 @pytest.fixture
 def teacher_copy(tmp_path):
-    """The served teacher (encoder and head) in a folder the test may write a student into."""
+    """The served artifact (encoder, teacher, heads) in a folder the test may write into."""
     dest = tmp_path / "artifact"
-    shutil.copytree(SERVED_ARTIFACT, dest, ignore=shutil.ignore_patterns(ps.STUDENT_DIR))
+    shutil.copytree(SERVED_ARTIFACT, dest, ignore=shutil.ignore_patterns(ps.STUDENT_DIR, ps.V2_HEAD_DIR))
     return dest
 
 
-def test_export_writes_the_student_beside_its_teacher(teacher_copy):
+def test_export_writes_the_student_and_the_v2_head_beside_the_teacher(teacher_copy):
     teacher = OnnxClassifier(teacher_copy)
     before = teacher.predict_proba(EXAMPLES)
-    out = ps.export(_data(teacher, teacher.spec.hidden), ps.StudentConfig(head=ps.HeadConfig(epochs=1)), EVALUATION, teacher_copy)
+    data = _data(teacher, teacher.spec.hidden)
+    out = ps.export(data, ps.StudentConfig(head=FAST), FIGURES, teacher_copy, ps.STUDENT_DIR, "minilm_pair_student")
     assert out == teacher_copy / ps.STUDENT_DIR
     student = OnnxClassifier(out)
     assert student.spec.views == ("pair",) and student.spec.temperature == 1.25
     assert student.spec.version == "minilm_pair_student-01234567"
     assert json.loads((out / "model.json").read_text())["encoder"] == "../encoder"
+    v2 = ps.export(data, ps.StudentConfig(head=FAST, views=ps.TWO_VIEWS), FIGURES, teacher_copy, ps.V2_HEAD_DIR,
+                   "minilm_v2_head")
+    assert v2 == teacher_copy / ps.V2_HEAD_DIR and not list(teacher_copy.glob("*.staging"))
+    head = OnnxClassifier(v2)
+    assert head.spec.views == ps.TWO_VIEWS and head.spec.version == "minilm_v2_head-01234567"
+    assert json.loads((v2 / "model.json").read_text())["encoder"] == "../encoder"
     assert np.array_equal(OnnxClassifier(teacher_copy).predict_proba(EXAMPLES), before)  # teacher untouched
 
 
-def test_a_failed_export_leaves_the_previous_student_as_it_was(teacher_copy):
+def test_a_failed_export_leaves_the_previous_head_as_it_was(teacher_copy):
     teacher = OnnxClassifier(teacher_copy)
     previous = teacher_copy / ps.STUDENT_DIR
     previous.mkdir()
     (previous / "model.json").write_text("{}")
     with pytest.raises(ValueError, match="head shapes"):  # a head that does not fit the encoder
-        ps.export(_data(teacher, 10), ps.StudentConfig(head=ps.HeadConfig(epochs=1)), EVALUATION, teacher_copy)
+        ps.export(_data(teacher, 10), ps.StudentConfig(head=FAST), FIGURES, teacher_copy, ps.STUDENT_DIR, "x")
     assert (previous / "model.json").read_text() == "{}"
+    assert not list(teacher_copy.glob("*.staging"))
 
 
 def test_the_student_is_put_on_its_teachers_probability_scale():

@@ -1,6 +1,7 @@
-"""The CPU student: one encoder pass per microdialogue instead of two, distilled from the served model.
+"""The CPU student: one encoder pass per microdialogue instead of two, distilled from the served model;
+and the v2 head: the same recipe on both views.
 
-  python -m homework_monitor.training.pair_student     # evaluate, then write <served artifact>/student
+  python -m homework_monitor.training.pair_student     # evaluate, then write <served artifact>/student, /v2_head
 
 The teacher is the fine-tuned MiniLM the CPU config serves: its ONNX encoder reads two views of each
 microdialogue (the pair "therapist turn + client reply" and the therapist turn alone) and its head reads
@@ -23,7 +24,9 @@ on every therapist turn of the ``sessions_dev`` sessions (live events):
 - **served recipe** (everything above), cross-validated: 5 folds grouped by session; fold k's student
   learns no label, negative or soft label of a session in fold k; its temperature puts it on the
   teacher's probability scale (out-of-fold units), so the event threshold keeps its meaning.
-``--variants`` compares the recipes in ``VARIANTS``. Speed: the same ONNX Runtime classifier on the same
+The **v2 head** (``V2_HEAD``, written to ``v2_head/``, served where
+``HWM_TRITON_ARTIFACT=artifact/v2_head``) is the same recipe on both of the teacher's views: the
+teacher's cost, judged the same way. ``--variants`` compares the recipes in ``VARIANTS``. Speed: the same ONNX Runtime classifier on the same
 items, teacher and student alternating (``time_classifiers``). Embeddings are cached under
 ``--work-dir`` (keyed by text hashes, never committed).
 """
@@ -77,8 +80,10 @@ from .metrics import (
 )
 from .table1 import Context, load_dev_sessions, session_level, with_sections
 
-STUDENT_DIR = "student"  # inside the teacher's artifact: the student's head and model.json, sharing its encoder
+STUDENT_DIR = "student"  # inside the teacher's artifact: the one-pass student's head and model.json
+V2_HEAD_DIR = "v2_head"  # inside the teacher's artifact: the two-view head trained on every label
 STUDENT_VIEWS = ("pair",)
+TWO_VIEWS = ("pair", "therapist")
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,13 @@ class StudentConfig:
     negatives_cap: int | None = None
     n_folds: int = 5
     seed: int = 13
+    views: tuple[str, ...] = STUDENT_VIEWS  # the encoder's views the head reads (one pass: the pair)
+
+
+# The v2 head: the same recipe on both views (two passes, as the teacher). Better than the teacher on
+# the real held-out items, live turns and sessions, but it fires on in-session exercises of the demo
+# sessions, so it is an option, not the default (training/RESULTS.md, "CPU student").
+V2_HEAD = StudentConfig(views=TWO_VIEWS)
 
 
 # ------------------------------------------------------------------------------------------- features
@@ -142,9 +154,16 @@ class Features:
     pair: np.ndarray  # [n, hidden] the student's input
     therapist: np.ndarray  # [n, hidden] the teacher's second view
 
+    def inputs(self, views: Sequence[str]) -> np.ndarray:
+        """A head's input: the views' embeddings side by side, in ``views`` order (as the runtime)."""
+        return np.concatenate([getattr(self, v) for v in views], axis=1)
+
+    def where(self, mask: np.ndarray) -> Features:
+        return Features(self.pair[mask], self.therapist[mask])
+
     def teacher_logits(self, teacher: OnnxClassifier) -> np.ndarray:
         """The teacher's logits before its temperature (its head on both views)."""
-        return teacher.head_logits(np.concatenate([self.pair, self.therapist], axis=1))
+        return teacher.head_logits(self.inputs(TWO_VIEWS))
 
 
 def features(cache: EmbeddingCache, examples: Sequence[Example]) -> Features:
@@ -176,21 +195,21 @@ def one_hot(y: np.ndarray) -> np.ndarray:
 @dataclass
 class Pool:
     """Everything the student may learn from, with the session each row belongs to."""
-    pair: np.ndarray
+    feats: Features
     targets: np.ndarray
     weights: np.ndarray
     sessions: np.ndarray
     kind: np.ndarray  # "teacher_item" (real_dev) | "synthetic" | "unit" | "added" | "negative"
 
     def where(self, mask: np.ndarray) -> Pool:
-        return Pool(self.pair[mask], self.targets[mask], self.weights[mask], self.sessions[mask], self.kind[mask])
+        return Pool(self.feats.where(mask), self.targets[mask], self.weights[mask], self.sessions[mask], self.kind[mask])
 
     def for_config(self, cfg: StudentConfig) -> Pool:
         """The rows and weights a config learns from: every kind weighted, negatives capped to a fixed
         subset (as table1_v2 caps them)."""
         weight = {"teacher_item": cfg.head.real_weight, "synthetic": 1.0, "unit": cfg.unit_weight,
                   "added": cfg.added_weight, "negative": cfg.negative_weight}
-        pool = Pool(self.pair, self.targets, np.array([weight[k] for k in self.kind]), self.sessions, self.kind)
+        pool = Pool(self.feats, self.targets, np.array([weight[k] for k in self.kind]), self.sessions, self.kind)
         neg_rows = np.flatnonzero(self.kind == "negative")
         if cfg.negatives_cap is not None and len(neg_rows) > cfg.negatives_cap:
             drop = np.random.default_rng(cfg.seed).choice(neg_rows, len(neg_rows) - cfg.negatives_cap, replace=False)
@@ -209,10 +228,10 @@ class StudentData:
     teacher: OnnxClassifier
     pool: Pool
     added: list[LabeledItem]
-    added_pair: np.ndarray
+    added_feats: Features
     added_teacher_probs: np.ndarray
     session_ctx: Context
-    session_pair: np.ndarray
+    session_feats: Features
     session_teacher_probs: np.ndarray
     session_folds: np.ndarray
     session_turn_truth: np.ndarray  # per session microdialogue: the annotators marked it as assigning homework
@@ -258,14 +277,15 @@ def load_student_data(teacher_dir: Path, data_dir: Path, work_dir: Path, cfg: St
     unit_probs = softmax(f_units.teacher_logits(teacher), T)
     # Distillation pool first (teacher items + units), then the labels the teacher never saw.
     parts = [
-        (f_taught.pair, one_hot(np.array([i.y for i in taught])), [i.session_id for i in taught],
+        (f_taught, one_hot(np.array([i.y for i in taught])), [i.session_id for i in taught],
          ["teacher_item" if i.real else "synthetic" for i in taught]),
-        (f_units.pair, unit_probs, [u.session_id for u in units], ["unit"] * len(units)),
-        (f_added.pair, one_hot(np.array([i.y for i in added])), [i.session_id for i in added], ["added"] * len(added)),
-        (f_neg.pair, one_hot(np.array([i.y for i in negatives])), [i.session_id for i in negatives],
+        (f_units, unit_probs, [u.session_id for u in units], ["unit"] * len(units)),
+        (f_added, one_hot(np.array([i.y for i in added])), [i.session_id for i in added], ["added"] * len(added)),
+        (f_neg, one_hot(np.array([i.y for i in negatives])), [i.session_id for i in negatives],
          ["negative"] * len(negatives)),
     ]
-    pool = Pool(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+    pool = Pool(Features(np.concatenate([p[0].pair for p in parts]), np.concatenate([p[0].therapist for p in parts])),
+                np.concatenate([p[1] for p in parts]),
                 np.ones(sum(len(p[2]) for p in parts)), np.array([s for p in parts for s in p[2]]),
                 np.array([k for p in parts for k in p[3]]))
     ctx = Context(cfg=None, data_dir=data_dir, data=base, fold_of=fold_of, sessions=windowed,  # type: ignore[arg-type]
@@ -274,8 +294,8 @@ def load_student_data(teacher_dir: Path, data_dir: Path, work_dir: Path, cfg: St
     lab = data_dir / "labeled"
     data_hash = text_sha256(*[p for p in (lab / "real_dev.jsonl", lab / "synthetic.jsonl", *labels_paths,
                                           lab / "sessions_dev.jsonl") if p.exists()])
-    return StudentData(teacher, pool, added, f_added.pair, softmax(f_added.teacher_logits(teacher), T), ctx,
-                       f_sess.pair, softmax(f_sess.teacher_logits(teacher), T),
+    return StudentData(teacher, pool, added, f_added, softmax(f_added.teacher_logits(teacher), T), ctx,
+                       f_sess, softmax(f_sess.teacher_logits(teacher), T),
                        np.array([fold_of[s] for s in sess_of_md]), turn_truth, fold_of, data_hash)
 
 
@@ -312,17 +332,19 @@ def served_cv(data: StudentData, cfg: StudentConfig) -> ServedCV:
     pool = data.pool.for_config(cfg)
     added_folds = np.array([data.fold_of[i.session_id] for i in data.added])
     items = np.zeros((len(data.added), len(CLASSES)))
-    sessions = np.zeros((len(data.session_pair), len(CLASSES)))
+    sessions = np.zeros((len(data.session_folds), len(CLASSES)))
+    views = cfg.views
     units = pool.where(pool.kind == "unit")
     unit_folds = np.array([data.fold_of[s] for s in units.sessions])
     unit_oof = np.zeros((len(units.sessions), len(CLASSES)))
     for k in range(cfg.n_folds):
         train = pool.without_fold(data.fold_of, k)
-        head = fit_student(train.pair, train.targets, train.weights, cfg)
-        unit_oof[unit_folds == k] = student_logits(head, units.pair[unit_folds == k])
-        items[added_folds == k] = student_logits(head, data.added_pair[added_folds == k])
-        sessions[data.session_folds == k] = student_logits(head, data.session_pair[data.session_folds == k])
-        print(f"[pair_student] served recipe: fold {k + 1}/{cfg.n_folds} done", file=sys.stderr, flush=True)
+        head = fit_student(train.feats.inputs(views), train.targets, train.weights, cfg)
+        unit_oof[unit_folds == k] = student_logits(head, units.feats.where(unit_folds == k).inputs(views))
+        items[added_folds == k] = student_logits(head, data.added_feats.where(added_folds == k).inputs(views))
+        sessions[data.session_folds == k] = student_logits(
+            head, data.session_feats.where(data.session_folds == k).inputs(views))
+        print(f"[pair_student] {'+'.join(views)}: fold {k + 1}/{cfg.n_folds} done", file=sys.stderr, flush=True)
     # The served temperature puts the student on the teacher's scale, so the served event threshold,
     # chosen for the teacher, keeps its meaning.
     return ServedCV(items, sessions, fit_temperature_to(unit_oof, units.targets))
@@ -352,33 +374,44 @@ def evaluate(data: StudentData, cfg: StudentConfig, threshold: float) -> dict:
     scored = np.isin(pool.sessions, list({i.session_id for i in data.added}))
     held_units = (pool.kind == "unit") & scored
     learn = np.isin(pool.kind, ["teacher_item", "synthetic", "unit"]) & ~held_units
-    head = fit_student(pool.pair[learn], pool.targets[learn], pool.weights[learn], cfg)
+    head = fit_student(pool.feats.where(learn).inputs(cfg.views), pool.targets[learn], pool.weights[learn], cfg)
     # Its temperature puts it on the teacher's scale on the units it did not learn (the scored sessions'):
     # no gold label decides it.
-    T_d = fit_temperature_to(student_logits(head, pool.pair[held_units]), pool.targets[held_units])
-    d_probs = softmax(student_logits(head, data.added_pair), T_d)
+    T_d = fit_temperature_to(student_logits(head, pool.feats.where(held_units).inputs(cfg.views)),
+                             pool.targets[held_units])
+    d_probs = softmax(student_logits(head, data.added_feats.inputs(cfg.views)), T_d)
     out["distilled"] = {**item_scores(y, d_probs, clinical, threshold), "temperature": T_d,
                         "agreement_with_teacher": agreement(d_probs, data.added_teacher_probs, threshold)}
 
-    cv = served_cv(data, cfg)
-    s_probs = softmax(cv.items, cv.temperature)
-    sess_probs = softmax(cv.sessions, cv.temperature)
+    out["served"] = recipe_figures(data, cfg, threshold)
+    out["two_views"] = recipe_figures(data, V2_HEAD, threshold)
     sub, keep = data.unseen
-    out["served"] = {**item_scores(y, s_probs, clinical, threshold), "temperature": cv.temperature,
-                     # The gold-NLL temperature on the items, for reference (not served).
-                     "temperature_gold_nll": fit_temperature(cv.items, y),
-                     "agreement_with_teacher": agreement(s_probs, data.added_teacher_probs, threshold),
-                     "session": session_level(data.session_ctx, sess_probs, threshold),
-                     "session_unseen": session_level(sub, sess_probs[keep], threshold),
-                     **live_turns(data, sess_probs, threshold),
-                     "rules": decision_rules(y, s_probs, clinical, added_folds),
-                     "session_sweep": [{"threshold": float(t), **session_level(data.session_ctx, sess_probs, float(t))}
-                                       for t in np.round(np.arange(0.4, 0.91, 0.05), 2)]}
     out["teacher"].update({"session": session_level(data.session_ctx, data.session_teacher_probs, threshold),
                            "session_unseen": session_level(sub, data.session_teacher_probs[keep], threshold),
                            **live_turns(data, data.session_teacher_probs, threshold),
                            "rules": decision_rules(y, data.added_teacher_probs, clinical, added_folds)})
     return out
+
+
+def recipe_figures(data: StudentData, cfg: StudentConfig, threshold: float) -> dict:
+    """A recipe's five fold heads, out of fold: items, sessions, live turns, decision rules."""
+    y = np.array([i.y for i in data.added])
+    clinical = np.array([i.source in CLINICAL_SOURCES for i in data.added])
+    added_folds = np.array([data.fold_of[i.session_id] for i in data.added])
+    cv = served_cv(data, cfg)
+    s_probs = softmax(cv.items, cv.temperature)
+    sess_probs = softmax(cv.sessions, cv.temperature)
+    sub, keep = data.unseen
+    return {**item_scores(y, s_probs, clinical, threshold), "temperature": cv.temperature, "views": list(cfg.views),
+            # The gold-NLL temperature on the items, for reference (not served).
+            "temperature_gold_nll": fit_temperature(cv.items, y),
+            "agreement_with_teacher": agreement(s_probs, data.added_teacher_probs, threshold),
+            "session": session_level(data.session_ctx, sess_probs, threshold),
+            "session_unseen": session_level(sub, sess_probs[keep], threshold),
+            **live_turns(data, sess_probs, threshold),
+            "rules": decision_rules(y, s_probs, clinical, added_folds),
+            "session_sweep": [{"threshold": float(t), **session_level(data.session_ctx, sess_probs, float(t))}
+                              for t in np.round(np.arange(0.4, 0.91, 0.05), 2)]}
 
 
 # The recipes compared before choosing StudentConfig's weights (``--variants``): the choice is the one
@@ -403,28 +436,29 @@ def compare_variants(data: StudentData, cfg: StudentConfig, threshold: float) ->
 
 
 # --------------------------------------------------------------------------------------------- export
-def export(data: StudentData, cfg: StudentConfig, evaluation: dict, teacher_dir: Path) -> Path:
-    """The student beside its teacher: ``<teacher>/student/`` holds its head and model.json, reading the
-    teacher's encoder (``../encoder``), so it adds 400 KB, not a second encoder. Built in a sibling folder
-    and swapped in: a failed build leaves the previous student as it was."""
+def export(data: StudentData, cfg: StudentConfig, figures: dict, teacher_dir: Path, sub: str, row: str) -> Path:
+    """A head on the teacher's encoder, trained on the whole pool, beside its teacher:
+    ``<teacher>/<sub>/`` holds its head and model.json, reading the teacher's encoder (``../encoder``),
+    so it adds 400-800 KB, not a second encoder. Built in a sibling folder and swapped in: a head that
+    does not load replaces nothing."""
     pool = data.pool.for_config(cfg)
-    head = fit_student(pool.pair, pool.targets, pool.weights, cfg)
-    out = teacher_dir / STUDENT_DIR
-    staging = teacher_dir / f"{STUDENT_DIR}.staging"
+    head = fit_student(pool.feats.inputs(cfg.views), pool.targets, pool.weights, cfg)
+    out = teacher_dir / sub
+    staging = teacher_dir / f"{sub}.staging"
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir()
     save_file({k: v.detach().float().contiguous() for k, v in head.state_dict().items()},
               str(staging / "head.safetensors"))
-    teacher_spec, served = data.teacher.spec, evaluation["served"]
-    spec = ModelSpec(views=STUDENT_VIEWS, pooling=teacher_spec.pooling, max_length=teacher_spec.max_length,
+    teacher_spec = data.teacher.spec
+    spec = ModelSpec(views=cfg.views, pooling=teacher_spec.pooling, max_length=teacher_spec.max_length,
                      hidden=teacher_spec.hidden, head_hidden=cfg.head.hidden, dropout=cfg.head.dropout,
-                     temperature=round(served["temperature"], 4), encoder=f"../{teacher_spec.encoder}",
-                     version=f"minilm_pair_student-{data.data_hash[:8]}",
-                     extra={"row": "minilm_pair_student", "teacher": teacher_spec.version,
-                            "data_hash": data.data_hash, "config": asdict(cfg),
-                            "cv_metrics_added_labels": {k: round(v, 4) for k, v in served["pooled"].items()},
-                            "session": served["session"], "live_turns": served["turns"]})
+                     temperature=round(figures["temperature"], 4), encoder=f"../{teacher_spec.encoder}",
+                     version=f"{row}-{data.data_hash[:8]}",
+                     extra={"row": row, "teacher": teacher_spec.version, "data_hash": data.data_hash,
+                            "config": asdict(cfg),
+                            "cv_metrics_added_labels": {k: round(v, 4) for k, v in figures["pooled"].items()},
+                            "session": figures["session"], "live_turns": figures["turns"]})
     (staging / "model.json").write_text(json.dumps(asdict(spec), indent=2) + "\n")
     try:
         OnnxClassifier(staging)  # loads, and the head fits model.json, or nothing is replaced
@@ -464,7 +498,9 @@ def render(report: dict) -> str:
     timing = report.get("timing_md_per_s", {})
     rows = [("teacher (served: fine-tuned MiniLM, 2 views)", ev["teacher"], "teacher"),
             ("student, distilled only (the teacher's data + its soft labels)", ev["distilled"], None),
-            ("**student** (+ annotation rounds + clinical negatives), 5-fold CV", ev["served"], "student")]
+            ("**student** (pair view; + annotation rounds + clinical negatives), 5-fold CV", ev["served"], "student")]
+    if "two_views" in ev:
+        rows.append(("**v2 head** (both views, the student's recipe), 5-fold CV", ev["two_views"], "v2_head"))
     lines = ["## CPU student: one encoder pass (pair view), distilled from the served fine-tuned MiniLM", "",
              f"- Command: `{report['command'].strip()}` ({report['seconds']} s on this 2-vCPU VM; "
              f"embeddings cached under `var/pair_student`)",
@@ -511,8 +547,10 @@ def render(report: dict) -> str:
     lines += _render_variants(report["variants"], ev["threshold"]) if report.get("variants") else []
     lines += _render_rules(ev) if "rules" in ev["served"] else []
     if timing:
-        ratio = [timing["student"][b] / timing["teacher"][b] for b in ("4", "16")]
-        lines += ["", f"Student vs teacher speed: **{ratio[0]:.2f}x / {ratio[1]:.2f}x** (slices of 4 / 16)."]
+        for name in ("student", "v2_head"):
+            if name in timing:
+                ratio = [timing[name][b] / timing["teacher"][b] for b in ("4", "16")]
+                lines += ["", f"{name} vs teacher speed: **{ratio[0]:.2f}x / {ratio[1]:.2f}x** (slices of 4 / 16)."]
     return "\n".join(lines) + "\n"
 
 
@@ -542,7 +580,9 @@ def _render_rules(ev: dict) -> list[str]:
              "first) and cross-fitted, fold k decided by thresholds chosen on the other folds' items only "
              "(the thresholds listed are the ones chosen on all folds).", "",
              "| model | rule | hw P / R / F1 | clinical hw P / R / F1 | thresholds |", "|---|---|---|---|---|"]
-    for title, key in (("teacher", "teacher"), ("student", "served")):
+    for title, key in (("teacher", "teacher"), ("student", "served"), ("v2 head", "two_views")):
+        if key not in ev:
+            continue
         e, rules = ev[key], ev[key]["rules"]
         lines.append(f"| {title} | argmax | {_prf(e['homework'])} | {_prf(e['homework_clinical'])} | — |")
         lines.append(f"| {title} | p ≥ {ev['threshold']} | {_prf(e['events_at_threshold'])} | "
@@ -551,15 +591,16 @@ def _render_rules(ev: dict) -> list[str]:
             r = rules[name]
             thr = ", ".join(f"{c} {t:.2f}" for c, t in r["thresholds"].items() if c != "none")
             lines.append(f"| {title} | {label} | {_prf(r['homework'])} | {_prf(r['homework_clinical'])} | {thr} |")
-    curve = {round(c["threshold"], 2): c for c in ev["served"]["rules"]["curve"]}
-    clinical = {round(c["threshold"], 2): c for c in ev["served"]["rules"]["curve_clinical"]}
-    lines += ["", "Student: homework-vs-none precision/recall against one event threshold, items and "
+    key, title = ("two_views", "v2 head") if "two_views" in ev else ("served", "Student")
+    curve = {round(c["threshold"], 2): c for c in ev[key]["rules"]["curve"]}
+    clinical = {round(c["threshold"], 2): c for c in ev[key]["rules"]["curve_clinical"]}
+    lines += ["", f"{title}: homework-vs-none precision/recall against one event threshold, items and "
               "the clinical corpora's items:", "", "| threshold | P / R / F1 | clinical P / R / F1 |", "|---|---|---|"]
     lines += [f"| {t:.2f} | {_prf(curve[t])} | {_prf(clinical[t])} |" for t in sorted(curve)]
-    lines += ["", "Student: sessions (150 `sessions_dev`, out of fold) against the event threshold:", "",
+    lines += ["", f"{title}: sessions (150 `sessions_dev`, out of fold) against the event threshold:", "",
               "| threshold | accuracy | precision | recall |", "|---|---|---|---|"]
     lines += [f"| {r['threshold']:.2f} | {_f(r['accuracy'])} | {_f(r['precision'])} | {_f(r['recall'])} |"
-              for r in ev["served"]["session_sweep"]]
+              for r in ev[key]["session_sweep"]]
     return lines
 
 
@@ -572,7 +613,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", type=Path, default=default_data_dir())
     p.add_argument("--teacher", type=Path, default=SERVED_ARTIFACT,
-                   help="the teacher's artifact; the student is written into its student/ folder")
+                   help="the teacher's artifact; the heads are written into its student/ and v2_head/ folders")
     p.add_argument("--work-dir", type=Path, default=Path("var") / "pair_student")
     p.add_argument("--report", type=Path, default=Path("training") / "results_v2" / "pair_student.json")
     p.add_argument("--threshold", type=float, default=0.6)
@@ -598,11 +639,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     elif a.report.exists():  # keep the last comparison in the report
         report["variants"] = json.loads(a.report.read_text()).get("variants")
     if not a.no_export:
-        out = export(data, cfg, report["evaluation"], teacher_dir)
-        report["artifact"] = str(out)
+        ev = report["evaluation"]
+        student = export(data, cfg, ev["served"], teacher_dir, STUDENT_DIR, "minilm_pair_student")
+        v2_head = export(data, V2_HEAD, ev["two_views"], teacher_dir, V2_HEAD_DIR, "minilm_v2_head")
+        report["artifacts"] = {"student": str(student), "v2_head": str(v2_head)}
         sample = [i.example for i in data.added[:a.timing_items]]
-        report["timing_md_per_s"] = time_classifiers({"teacher": teacher_dir, "student": out}, sample,
-                                                     (4, 16), 3)
+        report["timing_md_per_s"] = time_classifiers({"teacher": teacher_dir, "student": student, "v2_head": v2_head},
+                                                      sample, (4, 16), 3)
     report["seconds"] = round(time.time() - started, 1)
     a.report.parent.mkdir(parents=True, exist_ok=True)
     a.report.write_text(json.dumps(report, indent=2) + "\n")

@@ -48,7 +48,8 @@ def test_wheel_holds_one_top_level_package_and_the_served_model(wheel):
     assert {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")} == {"homework_monitor"}
     artifact = "homework_monitor/triton_models/homework_classifier/1/artifact/"
     for part in ("model.json", "head.safetensors", "encoder/model.onnx", "encoder/tokenizer.json",
-                 "student/model.json", "student/head.safetensors"):  # the one-pass CPU student (HWM_TRITON_ARTIFACT)
+                 "student/model.json", "student/head.safetensors",  # the one-pass CPU student (HWM_TRITON_ARTIFACT)
+                 "v2_head/model.json", "v2_head/head.safetensors"):  # the two-view head on every label (option)
         assert artifact + part in names
     assert "homework_monitor/triton_models/homework_classifier/config.pbtxt" in names
     for sample in ("therapist", "client", "context"):  # model_warmup's inputs: Triton cannot load without them
