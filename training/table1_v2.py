@@ -736,7 +736,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
         return {}
     # The report shows every row whose result is cached, in table order; the rest are listed as missing.
     results, missing = {}, []
-    ref = served_reference(ctx, a.served) if ctx.turn_truth is not None and (a.served / "model.json").exists() else None
+    # The served model's figures are computed (once, then cached) only when a candidate row is in the report.
+    ref = None
+    if (ctx.turn_truth is not None and (a.served / "model.json").exists()
+            and any((a.results_dir / f"{name}.json").exists() for name in COMPARED_ROWS)):
+        ref = served_reference(ctx, a.served)
     for name in ROWS:
         path = a.results_dir / f"{name}.json"
         if not path.exists():
