@@ -97,7 +97,9 @@ def finetune(encoder_path: Path, examples: Sequence[Example], y: np.ndarray, sam
     ht = torch.from_numpy(hard).to(device)
     rt = None if review is None else torch.from_numpy(review.astype(np.float32)).to(device)
     pos_weight = 1.0 if review is None else review_pos_weight(review)
-    lengths = np.array([sum(len("".join(_texts(view_text(e, v)))) for v in views) for e in examples])
+    # Characters stand in for tokens: only the order matters, and no tokenizer pass is needed.
+    lengths = (np.array([sum(len("".join(_texts(view_text(e, v)))) for v in views) for e in examples])
+               if cfg.length_buckets else np.zeros(len(examples)))
     step = 0
     with tqdm(total=total, disable=not progress, desc="finetune") as bar:
         while step < total:

@@ -56,6 +56,16 @@ def event_labels(probs: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     return np.where(keep, top, NONE_IDX)
 
 
+def fmt3(x: float) -> str:
+    """A figure as the reports print it."""
+    return f"{x:.3f}"
+
+
+def fmt_prf(m: dict) -> str:
+    """Precision / recall / F1 of a ``binary_metrics`` result, as the reports print them."""
+    return f"{fmt3(m['precision'])} / {fmt3(m['recall'])} / {fmt3(m['f1'])}"
+
+
 def fires(probs: np.ndarray, threshold: float) -> np.ndarray:
     """Where the served rule raises a live event: top class not ``none`` with p ≥ ``threshold``."""
     return event_labels(probs, _same(threshold)) != NONE_IDX

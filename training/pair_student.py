@@ -78,6 +78,8 @@ from .metrics import (
     homework_curve,
     item_scores,
 )
+from .metrics import fmt3 as _f
+from .metrics import fmt_prf as _prf
 from .table1 import Context, load_dev_sessions, session_level, with_sections
 
 STUDENT_DIR = "student"  # inside the teacher's artifact: the one-pass student's head and model.json
@@ -239,6 +241,18 @@ class StudentData:
     data_hash: str
 
     @cached_property
+    def added_y(self) -> np.ndarray:
+        return np.array([i.y for i in self.added])
+
+    @cached_property
+    def added_clinical(self) -> np.ndarray:
+        return np.array([i.source in CLINICAL_SOURCES for i in self.added])
+
+    @cached_property
+    def added_folds(self) -> np.ndarray:
+        return np.array([self.fold_of[i.session_id] for i in self.added])
+
+    @cached_property
     def unseen(self) -> tuple[Context, np.ndarray]:
         """The sessions_dev sessions the teacher never trained an item of (98 of the 152 hold real_dev
         items, so its figures on all of them are partly in sample): their context, and a mask of their
@@ -330,20 +344,21 @@ class ServedCV:
 
 def served_cv(data: StudentData, cfg: StudentConfig) -> ServedCV:
     pool = data.pool.for_config(cfg)
-    added_folds = np.array([data.fold_of[i.session_id] for i in data.added])
+    added_folds = data.added_folds
     items = np.zeros((len(data.added), len(CLASSES)))
     sessions = np.zeros((len(data.session_folds), len(CLASSES)))
     views = cfg.views
     units = pool.where(pool.kind == "unit")
     unit_folds = np.array([data.fold_of[s] for s in units.sessions])
     unit_oof = np.zeros((len(units.sessions), len(CLASSES)))
+    # Each head's inputs built once, sliced per fold.
+    X_units, X_added, X_sess = (f.inputs(views) for f in (units.feats, data.added_feats, data.session_feats))
     for k in range(cfg.n_folds):
         train = pool.without_fold(data.fold_of, k)
         head = fit_student(train.feats.inputs(views), train.targets, train.weights, cfg)
-        unit_oof[unit_folds == k] = student_logits(head, units.feats.where(unit_folds == k).inputs(views))
-        items[added_folds == k] = student_logits(head, data.added_feats.where(added_folds == k).inputs(views))
-        sessions[data.session_folds == k] = student_logits(
-            head, data.session_feats.where(data.session_folds == k).inputs(views))
+        unit_oof[unit_folds == k] = student_logits(head, X_units[unit_folds == k])
+        items[added_folds == k] = student_logits(head, X_added[added_folds == k])
+        sessions[data.session_folds == k] = student_logits(head, X_sess[data.session_folds == k])
         print(f"[pair_student] {'+'.join(views)}: fold {k + 1}/{cfg.n_folds} done", file=sys.stderr, flush=True)
     # The served temperature puts the student on the teacher's scale, so the served event threshold,
     # chosen for the teacher, keeps its meaning.
@@ -360,9 +375,9 @@ def live_turns(data: StudentData, probs: np.ndarray, threshold: float) -> dict:
 
 
 def evaluate(data: StudentData, cfg: StudentConfig, threshold: float) -> dict:
-    y = np.array([i.y for i in data.added])
-    clinical = np.array([i.source in CLINICAL_SOURCES for i in data.added])
-    added_folds = np.array([data.fold_of[i.session_id] for i in data.added])
+    y = data.added_y
+    clinical = data.added_clinical
+    added_folds = data.added_folds
     pool = data.pool.for_config(cfg)
     out: dict = {"n_items": len(y), "n_clinical": int(clinical.sum()), "threshold": threshold,
                  "pool": {k: int((pool.kind == k).sum()) for k in ("teacher_item", "synthetic", "unit", "added",
@@ -395,9 +410,9 @@ def evaluate(data: StudentData, cfg: StudentConfig, threshold: float) -> dict:
 
 def recipe_figures(data: StudentData, cfg: StudentConfig, threshold: float) -> dict:
     """A recipe's five fold heads, out of fold: items, sessions, live turns, decision rules."""
-    y = np.array([i.y for i in data.added])
-    clinical = np.array([i.source in CLINICAL_SOURCES for i in data.added])
-    added_folds = np.array([data.fold_of[i.session_id] for i in data.added])
+    y = data.added_y
+    clinical = data.added_clinical
+    added_folds = data.added_folds
     cv = served_cv(data, cfg)
     s_probs = softmax(cv.items, cv.temperature)
     sess_probs = softmax(cv.sessions, cv.temperature)
@@ -425,7 +440,7 @@ VARIANTS = {
 
 
 def compare_variants(data: StudentData, cfg: StudentConfig, threshold: float) -> dict:
-    y = np.array([i.y for i in data.added])
+    y = data.added_y
     out = {"teacher": {"items": classification_metrics(y, data.added_teacher_probs.argmax(1)),
                        **live_turns(data, data.session_teacher_probs, threshold)}}
     for name, change in VARIANTS.items():
@@ -488,10 +503,6 @@ def time_classifiers(artifacts: dict[str, Path], examples: Sequence, batches: Se
     return {n: {str(b): round(statistics.median(v), 1) for b, v in per.items()} for n, per in runs.items()}
 
 
-def _f(x: float) -> str:
-    return f"{x:.3f}"
-
-
 def render(report: dict) -> str:
     """The student's section of ``training/RESULTS.md``, from the report JSON."""
     ev = report["evaluation"]
@@ -552,10 +563,6 @@ def render(report: dict) -> str:
                 ratio = [timing[name][b] / timing["teacher"][b] for b in ("4", "16")]
                 lines += ["", f"{name} vs teacher speed: **{ratio[0]:.2f}x / {ratio[1]:.2f}x** (slices of 4 / 16)."]
     return "\n".join(lines) + "\n"
-
-
-def _prf(m: dict) -> str:
-    return f"{_f(m['precision'])} / {_f(m['recall'])} / {_f(m['f1'])}"
 
 
 def _render_variants(variants: dict, threshold: float) -> list[str]:

@@ -79,6 +79,8 @@ from .metrics import (
     homework_curve,
     item_scores,
 )
+from .metrics import fmt3 as _f
+from .metrics import fmt_prf as _prf
 from .table1 import CONFIGS as T1_CONFIGS
 from .table1 import (
     Context,
@@ -550,14 +552,6 @@ def cpu_latency(ctx: V2Context, row: str, res: RowResult) -> dict | None:
 
 
 # ----------------------------------------------------------------------------------------- report
-def _f(x: float) -> str:
-    return f"{x:.3f}"
-
-
-def _prf(m: dict) -> str:
-    return f"{_f(m['precision'])} / {_f(m['recall'])} / {_f(m['f1'])}"
-
-
 def _render_against_served(compared: dict[str, dict]) -> list[str]:
     if not compared:
         return []
