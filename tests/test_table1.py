@@ -64,11 +64,12 @@ def test_session_metrics_with_no_scored_session(truth, predicted):
 
 
 def test_row_result_json_round_trip():
-    r = table1.RowResult("x", np.arange(10.0).reshape(2, 5) / 7, np.zeros((0, 5)), 1.5, "here", {"k": 1})
+    r = table1.RowResult("x", np.arange(10.0).reshape(2, 5) / 7, np.zeros((0, 5)), 1.5, "here", {"k": 1},
+                         data_hash="abc")
     back = table1.RowResult.from_json(json.loads(json.dumps(r.to_json())))
     np.testing.assert_allclose(back.item_logits, r.item_logits, atol=1e-5)
     assert back.session_logits.shape == (0, 5)
-    assert (back.name, back.seconds, back.where, back.notes) == ("x", 1.5, "here", {"k": 1})
+    assert (back.name, back.seconds, back.where, back.notes, back.data_hash) == ("x", 1.5, "here", {"k": 1}, "abc")
 
 
 # --- the Table 1 command on the fixture --------------------------------------------------------
@@ -181,13 +182,14 @@ def test_export_best_row_makes_a_loadable_artifact(table1_run, tmp_path, capsys)
 def test_export_non_encoder_row_keeps_existing_artifact(tmp_path):
     """Regression: export deleted --out (by default the served artifact) before rejecting the row."""
     rng = np.random.default_rng(0)
-    res = table1.RowResult("tfidf_lr", rng.normal(size=(60, 5)), rng.normal(size=(38, 5)), 0.1, "test")
+    res = table1.RowResult("tfidf_lr", rng.normal(size=(60, 5)), rng.normal(size=(38, 5)), 0.1, "test",
+                           data_hash=load_labeled_data(FIXTURES).data_hash)
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "tfidf_lr.json").write_text(json.dumps(res.to_json()))
     out = tmp_path / "served"
     out.mkdir()
     (out / "model.json").write_text("{}")
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match="is not an encoder row"):
         export.main(["--row", "tfidf_lr", "--config", "smoke", "--data-dir", str(FIXTURES),
                      "--results-dir", str(tmp_path / "results"), "--work-dir", str(tmp_path / "work"),
                      "--out", str(out)])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -240,6 +241,22 @@ def test_v2_command_on_the_fixture(tmp_path):
     assert js["missing"] == [r for r in table1_v2.ROWS if r != "tfidf_lr_v2"]
     res = json.loads((tmp_path / "res" / "tfidf_lr_v2.json").read_text())
     assert len(res["item_logits"]) == 81 and len(res["session_logits"]) == 38
+    assert res["data_hash"] == js["data_hash"]
+
+    # Other labels (one file fewer): the cached row belongs to the old items, so the report does not score
+    # it against the new ones; asked for, it is computed again.
+    fewer = tmp_path / "fewer_labels"
+    fewer.mkdir()
+    shutil.copy(FIXTURES / "labels" / "v2_added.jsonl", fewer)
+    args = ["--config", "smoke", "--data-dir", str(FIXTURES / "data"), "--labels-dir", str(fewer), "--results-dir",
+            str(tmp_path / "res"), "--work-dir", str(tmp_path / "work"), "--output", str(out)]
+    assert table1_v2.main([*args, "--rows", ""]) == {}
+    assert (f"not computed on this data (only on data `{js['data_hash']}`): "
+            "`python -m homework_monitor.training.table1_v2 --rows tfidf_lr_v2`") in out.read_text()
+    assert json.loads((tmp_path / "RESULTS_v2.json").read_text())["missing"] == list(table1_v2.ROWS)
+    again = table1_v2.main([*args, "--rows", "tfidf_lr_v2"])
+    assert again["tfidf_lr_v2"]["n_items"] == 79
+    assert len(json.loads((tmp_path / "res" / "tfidf_lr_v2.json").read_text())["item_logits"]) == 79
 
 
 # --- the GPU script, end to end on CPU ---------------------------------------------------------------

@@ -27,7 +27,16 @@ from .features import cached_features
 from .finetune import FinetuneConfig, FinetunedModel, finetune
 from .head import JointHead, train_head
 from .onnx_export import convert_artifact
-from .table1 import CONFIGS, ENCODER_ROWS, Context, RowResult, build_context, evaluate_row, pretrained_encoder
+from .table1 import (
+    CONFIGS,
+    ENCODER_ROWS,
+    Context,
+    RowResult,
+    build_context,
+    cached_row,
+    evaluate_row,
+    pretrained_encoder,
+)
 
 REVIEW_HEAD = "review_head.safetensors"
 FROZEN = {"minilm_frozen": ("mean", None), "tsdae_only": ("cls", False), "tsdae_nsp": ("cls", True)}
@@ -36,9 +45,9 @@ FROZEN = {"minilm_frozen": ("mean", None), "tsdae_only": ("cls", False), "tsdae_
 def pick_best(ctx: Context, results_dir: Path) -> tuple[str, dict]:
     scored = {}
     for row in ENCODER_ROWS:
-        path = results_dir / f"{row}.json"
-        if path.exists():
-            scored[row] = evaluate_row(ctx, RowResult.from_json(json.loads(path.read_text())), ctx.cfg.threshold)
+        res = cached_row(results_dir, row, ctx.data.data_hash)
+        if isinstance(res, RowResult):
+            scored[row] = evaluate_row(ctx, res, ctx.cfg.threshold)
     if not scored:
         raise SystemExit(f"no encoder row results in {results_dir}: run training.table1 first")
     best = max(scored, key=lambda r: scored[r]["pooled"]["macro_f1"])
@@ -129,8 +138,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         row, evaluation = pick_best(ctx, a.results_dir)
     else:
         row = a.row
-        evaluation = evaluate_row(ctx, RowResult.from_json(json.loads((a.results_dir / f"{row}.json").read_text())),
-                                  cfg.threshold)
+        res = cached_row(a.results_dir, row, ctx.data.data_hash)
+        if not isinstance(res, RowResult):
+            raise SystemExit(f"no {row} result in {a.results_dir} for this data" +
+                             (f" (it was computed on data {res})" if res else "") + ": run training.table1 first")
+        evaluation = evaluate_row(ctx, res, cfg.threshold)
     path = export_row(ctx, row, evaluation, a.out)
     print(json.dumps({"row": row, "artifact": str(path), "macro_f1": evaluation["pooled"]["macro_f1"],
                       "temperature": evaluation["temperature"]}))

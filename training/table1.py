@@ -149,11 +149,13 @@ class RowResult:
     where: str
     notes: dict = field(default_factory=dict)
     review_logits: np.ndarray | None = None  # [n_real], out of fold, for rows with the review output
+    # The labelled data the logits belong to: row i of item_logits is item i of that data only.
+    data_hash: str | None = None
 
     def to_json(self) -> dict:
         out = {"name": self.name, "item_logits": self.item_logits.round(5).tolist(),
                "session_logits": self.session_logits.round(5).tolist(), "seconds": self.seconds,
-               "where": self.where, "notes": self.notes}
+               "where": self.where, "notes": self.notes, "data_hash": self.data_hash}
         if self.review_logits is not None:
             out["review_logits"] = self.review_logits.round(5).tolist()
         return out
@@ -164,7 +166,7 @@ class RowResult:
         return cls(d["name"], np.array(d["item_logits"], dtype=np.float64).reshape(-1, len(CLASSES)),
                    np.array(d["session_logits"], dtype=np.float64).reshape(-1, len(CLASSES)),
                    d["seconds"], d["where"], d.get("notes", {}),
-                   None if review is None else np.array(review, dtype=np.float64))
+                   None if review is None else np.array(review, dtype=np.float64), d.get("data_hash"))
 
 
 def _text(e: Example) -> str:
@@ -326,17 +328,29 @@ ROW_FUNCS = {"tfidf_lr": row_tfidf_lr, "doc2vec_lr": row_doc2vec_lr, "minilm_fro
 def run_row(ctx: Context, name: str, results_dir: Path, recompute: bool = False,
             funcs: dict[str, Callable] | None = None) -> RowResult:
     """The row's cached result, or compute it with ``funcs[name](ctx)`` (-> item logits, session
-    logits, notes[, review logits]) and cache it."""
-    path = results_dir / f"{name}.json"
-    if path.exists() and not recompute:
-        return RowResult.from_json(json.loads(path.read_text()))
+    logits, notes[, review logits]) and cache it. A cached result of other labelled data is computed
+    again: its logits are aligned with that data's items, not these."""
+    cached = cached_row(results_dir, name, ctx.data.data_hash)
+    if isinstance(cached, RowResult) and not recompute:
+        return cached
     t0 = time.time()
     item_logits, sess_logits, notes, *review = (funcs or ROW_FUNCS)[name](ctx)
     res = RowResult(name, item_logits, sess_logits, round(time.time() - t0, 1),
-                    f"{platform.node() or 'host'} ({ctx.device})", notes, review[0] if review else None)
+                    f"{platform.node() or 'host'} ({ctx.device})", notes, review[0] if review else None,
+                    ctx.data.data_hash)
     results_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(res.to_json()))
+    (results_dir / f"{name}.json").write_text(json.dumps(res.to_json()))
     return res
+
+
+def cached_row(results_dir: Path, name: str, data_hash: str) -> RowResult | str | None:
+    """The row's cached result; None where there is none; the data hash it was computed on where that is
+    not ``data_hash`` (stale: scoring it against these items would misalign them)."""
+    path = results_dir / f"{name}.json"
+    if not path.exists():
+        return None
+    res = RowResult.from_json(json.loads(path.read_text()))
+    return res if res.data_hash == data_hash else str(res.data_hash)
 
 
 def evaluate_row(ctx: Context, res: RowResult, threshold: float) -> dict:
@@ -442,19 +456,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
     cfg = CONFIGS[a.config]
     rows = [r for r in a.rows.split(",") if r]
     ctx = build_context(cfg, a.data_dir, a.device, a.work_dir / cfg.name)
-    results = {}
+    results, computed = {}, {}
     for name in rows:
         print(f"[table1] {name} ...", file=sys.stderr, flush=True)
-        res = run_row(ctx, name, a.results_dir, a.recompute)
-        results[name] = evaluate_row(ctx, res, cfg.threshold)
+        computed[name] = run_row(ctx, name, a.results_dir, a.recompute)
+        results[name] = evaluate_row(ctx, computed[name], cfg.threshold)
         print(f"[table1] {name}: macro-F1 {results[name]['pooled']['macro_f1']:.3f} "
               f"homework-F1 {results[name]['pooled']['homework_f1']:.3f} "
               f"session acc {results[name]['session']['accuracy']:.3f}", file=sys.stderr, flush=True)
     if a.no_report:
         return results
     best = max(results, key=lambda r: results[r]["pooled"]["macro_f1"])
-    best_res = RowResult.from_json(json.loads((a.results_dir / f"{best}.json").read_text()))
-    sweep = threshold_sweep(ctx, best_res, results[best]["temperature"]) if ctx.sessions else None
+    sweep = threshold_sweep(ctx, computed[best], results[best]["temperature"]) if ctx.sessions else None
     command = "python -m homework_monitor.training.table1 " + " ".join(argv if argv is not None else sys.argv[1:])
     a.output.parent.mkdir(parents=True, exist_ok=True)
     a.output.write_text(with_sections(render_markdown(ctx, results, command.strip(), sweep, best), a.output))

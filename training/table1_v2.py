@@ -87,6 +87,7 @@ from .table1 import (
     RowResult,
     Table1Config,
     _cv_sklearn,
+    cached_row,
     fit_tfidf_lr,
     load_dev_sessions,
     run_row,
@@ -345,10 +346,10 @@ def pick_teacher(ctx: V2Context) -> tuple[str, float, np.ndarray]:
     y = np.array([i.y for i in ctx.real])
     best = None
     for row in ctx.v2.teacher_rows:
-        res_p, units_p = ctx.results_dir / f"{row}.json", ctx.results_dir / f"{row}.units.npz"
-        if not (res_p.exists() and units_p.exists()):
+        res, units_p = cached_row(ctx.results_dir, row, ctx.data.data_hash), ctx.results_dir / f"{row}.units.npz"
+        if not (isinstance(res, RowResult) and units_p.exists()):
             continue
-        logits = RowResult.from_json(json.loads(res_p.read_text())).item_logits
+        logits = res.item_logits
         macro = classification_metrics(y, logits.argmax(1))["macro_f1"]
         if best is None or macro > best[0]:
             best = (macro, row, fit_temperature(logits, y), units_p)
@@ -378,10 +379,11 @@ ENCODER_OF = {"minilm_frozen_v2": "minilm", "minilm_finetuned_v2_pair": "minilm"
 # ------------------------------------------------------------------------- served artifacts from rows
 def row_evaluation(ctx: V2Context, row: str) -> dict:
     """A computed row's out-of-fold evaluation (its temperature and thresholds are the served ones)."""
-    path = ctx.results_dir / f"{row}.json"
-    if not path.exists():
-        raise RowSkipped(f"no {row} row in {ctx.results_dir}: its out-of-fold temperature is the served one")
-    return evaluate_v2(ctx, RowResult.from_json(json.loads(path.read_text())))
+    res = cached_row(ctx.results_dir, row, ctx.data.data_hash)
+    if not isinstance(res, RowResult):
+        raise RowSkipped(f"no {row} row for this data in {ctx.results_dir}: its out-of-fold temperature is the "
+                         "served one")
+    return evaluate_v2(ctx, res)
 
 
 def write_finetuned_row(ctx: V2Context, row: str, model, cfg: FinetuneConfig, evaluation: dict, out: Path,
@@ -577,7 +579,7 @@ def _render_against_served(compared: dict[str, dict]) -> list[str]:
     return lines
 
 
-def render_v2(ctx: V2Context, results: dict[str, dict], missing: list[str], command: str,
+def render_v2(ctx: V2Context, results: dict[str, dict], missing: dict[str, str | None], command: str,
               best: str | None, sweep: list[dict] | None) -> str:
     n_rev = int((~np.isnan(review_target(ctx.real))).sum())
     n_rev_pos = int(np.nansum(review_target(ctx.real)))
@@ -621,8 +623,9 @@ def render_v2(ctx: V2Context, results: dict[str, dict], missing: list[str], comm
             f" | {_f(s['accuracy'])} | {_f(s['precision'])} | {_f(s['recall'])}"
             f" | {(_f(rv['precision']) + ' / ' + _f(rv['recall']) + ' / ' + _f(rv['f1'])) if rv else '—'}"
             f" | {lat['ms'] if lat else '—'} | {r['where']} |")
-    for name in missing:
-        how = (f"not computed: `python -m homework_monitor.training.table1_v2 --rows {name}`" if name in CPU_ROWS
+    for name, stale in missing.items():
+        how = (f"not computed{f' on this data (only on data `{stale}`)' if stale else ''}: "
+               f"`python -m homework_monitor.training.table1_v2 --rows {name}`" if name in CPU_ROWS
                else "needs GPU: `bash training/gpu_run_v2.sh`")
         lines.append(f"| {ROW_TITLES[name]} | {how} |" + " |" * 15)
     if set(missing) - set(CPU_ROWS):
@@ -710,7 +713,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if unknown:
         raise SystemExit(f"unknown rows {sorted(unknown)}; rows: {', '.join(ROWS)}")
     for name in rows:
-        if not (a.results_dir / f"{name}.json").exists() or a.recompute:
+        if not isinstance(cached_row(a.results_dir, name, ctx.data.data_hash), RowResult) or a.recompute:
             print(f"[table1_v2] {name} ...", file=sys.stderr, flush=True)
             try:
                 if deadline is not None and time.time() >= deadline:
@@ -728,19 +731,17 @@ def main(argv: Sequence[str] | None = None) -> dict:
             print(f"[table1_v2] served student SKIPPED: {e}", file=sys.stderr, flush=True)
     if a.no_report:
         return {}
-    # The report shows every row whose result is cached, in table order; the rest are listed as missing.
-    results, missing = {}, []
+    # The report shows every row whose result is cached for this data, in table order; the rest are listed
+    # as missing (with the data a stale result was computed on).
+    cached = {name: cached_row(a.results_dir, name, ctx.data.data_hash) for name in ROWS}
+    computed = {name: res for name, res in cached.items() if isinstance(res, RowResult)}
+    missing = {name: res for name, res in cached.items() if not isinstance(res, RowResult)}
+    results = {}
     # The served model's figures are computed (once, then cached) only when a candidate row is in the report.
     ref = None
-    if (ctx.turn_truth is not None and (a.served / "model.json").exists()
-            and any((a.results_dir / f"{name}.json").exists() for name in COMPARED_ROWS)):
+    if ctx.turn_truth is not None and (a.served / "model.json").exists() and set(computed) & set(COMPARED_ROWS):
         ref = served_reference(ctx, a.served)
-    for name in ROWS:
-        path = a.results_dir / f"{name}.json"
-        if not path.exists():
-            missing.append(name)
-            continue
-        res = RowResult.from_json(json.loads(path.read_text()))
+    for name, res in computed.items():
         results[name] = evaluate_v2(ctx, res) | {"latency": cpu_latency(ctx, name, res)}
         if ref is not None and name in COMPARED_ROWS:
             results[name]["against_served"] = against_served(ctx, res, ref) | {"served_version": ref["version"]}
@@ -750,15 +751,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     best = max(results, key=lambda r: results[r]["pooled"]["macro_f1"]) if results else None
     sweep = None
     if best and ctx.sessions:
-        best_res = RowResult.from_json(json.loads((a.results_dir / f"{best}.json").read_text()))
-        sweep = threshold_sweep(ctx, best_res, results[best]["temperature"])
+        sweep = threshold_sweep(ctx, computed[best], results[best]["temperature"])
     command = "python -m homework_monitor.training.table1_v2 " + " ".join(argv if argv is not None else sys.argv[1:])
     body = render_v2(ctx, results, missing, command.strip(), best, sweep)
     a.output.parent.mkdir(parents=True, exist_ok=True)
     old = a.output.read_text() if a.output.exists() else ""
     a.output.write_text(with_sections(old, a.output, {"v2": body}))
     a.output.with_name(a.output.stem + "_v2.json").write_text(json.dumps(
-        {"best": best, "config": cfg.name, "data_hash": ctx.data.data_hash, "missing": missing,
+        {"best": best, "config": cfg.name, "data_hash": ctx.data.data_hash, "missing": list(missing),
          "rows": {k: {kk: v for kk, v in r.items() if kk not in ("notes",)} for k, r in results.items()},
          "session_sweep": sweep}, indent=2, default=float))
     print(body)
