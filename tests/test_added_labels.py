@@ -49,6 +49,23 @@ def test_committed_labels_hold_no_text_and_valid_labels():
         assert r["labels"] == [NONE] or NONE not in r["labels"]
 
 
+def test_model_drawn_strata_match_their_label_files():
+    """Each strata file's draw is what its label file holds, so pool / drawn weighs each item right."""
+    from collections import Counter
+
+    from homework_monitor.training.data import model_drawn_strata
+    files = sorted(ADDED_LABELS_DIR.glob("*.strata.json"))
+    assert files
+    for path in files:
+        strata = json.loads(path.read_text())["strata"]
+        rows = read_jsonl(path.with_name(path.name.replace(".strata.json", ".jsonl")))
+        assert Counter(r["why"] for r in rows) == {why: s["drawn"] for why, s in strata.items()}
+        assert all(s["pool"] >= s["drawn"] > 0 for s in strata.values())
+    weights = model_drawn_strata()
+    assert weights["r4_random"] == pytest.approx(3392 / 466) and weights["r4_both"] == 1.0
+    assert "random_clinical" not in weights  # drawn without a model: scored as a labelled item
+
+
 def test_committed_labels_join_the_shared_corpora():
     from homework_monitor.stream.config import default_data_dir
     data_dir = default_data_dir()

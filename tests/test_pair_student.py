@@ -135,3 +135,32 @@ def test_the_soft_labels_are_the_served_models_probabilities(tmp_path):
     assert np.allclose(soft, teacher.predict_proba(EXAMPLES), atol=1e-5)
     again = ps.features(ps.EmbeddingCache(teacher, tmp_path / "embeddings.npz"), EXAMPLES)  # from disk
     assert np.array_equal(again.pair, feats.pair)
+
+
+def test_model_drawn_items_are_scored_apart_as_a_weighted_sample():
+    """Items drawn where the models fire count only in the population estimate, each by its stratum's
+    pool / drawn; the others are the labelled items every table scores."""
+    none, act = CLASSES.index("none"), CLASSES.index("take_action")
+    data = SimpleNamespace(added_y=np.array([act, none, act, none]), drawn_weight=np.array([0.0, 0.0, 1.0, 30.0]),
+                           added=[SimpleNamespace(why=w) for w in (None, None, "fires", "random")])
+    fired = np.eye(len(CLASSES))[[act, act, act, act]]  # the model fires on all four (p = 1)
+    est = ps.population_events(data, fired, 0.6)
+    assert est["n"] == 2 and est["population"] == 31.0
+    assert (est["precision"], est["recall"]) == pytest.approx((1 / 31, 1.0))
+    # One item per stratum: every resample is the sample itself, so the interval is the estimate.
+    assert est["interval_90"]["precision"] == pytest.approx([1 / 31, 1 / 31])
+    assert ps.population_events(SimpleNamespace(added_y=data.added_y, drawn_weight=np.zeros(4)), fired, 0.6) is None
+
+
+def test_the_interval_resamples_each_stratum_within_itself():
+    # Stratum "a" (weight 1) always fires right; stratum "b" (weight 10) is where the misses are.
+    truth = np.array([1, 1, 0, 1, 0, 0, 0], bool)
+    fired = np.array([1, 1, 0, 0, 0, 0, 1], bool)
+    weight = np.array([1, 1, 1, 10, 10, 10, 10.0])
+    stratum = np.array(["a", "a", "a", "b", "b", "b", "b"])
+    est = ps.stratified_interval(truth, fired, weight, stratum, reps=500)
+    point = ps.weighted_binary_metrics(truth, fired, weight)
+    for k in ("precision", "recall"):
+        lo, hi = est[k]
+        assert 0.0 <= lo <= point[k] <= hi <= 1.0
+    assert est["precision"][0] < est["precision"][1]  # stratum b varies between resamples

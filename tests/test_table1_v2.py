@@ -25,6 +25,7 @@ from homework_monitor.training.metrics import (
     cross_fitted,
     event_labels,
     homework_curve,
+    weighted_binary_metrics,
 )
 from homework_monitor.training.table1 import with_sections
 
@@ -96,6 +97,25 @@ def test_v2_context_scores_all_real_labels_with_review_annotations(ctx):
     assert (~np.isnan(rev[60:])).all() and np.nansum(rev) == 3
 
 
+def test_items_drawn_where_models_fire_are_left_to_the_weighted_estimate(ctx, tmp_path):
+    """A label file drawn by what models predicted (with its strata file) changes neither the rows' items
+    nor their data hash, so cached rows stay valid and rows are compared on model-independent items."""
+    labels = tmp_path / "labels"
+    shutil.copytree(FIXTURES / "labels", labels)
+    rows = [json.loads(line) for line in (FIXTURES / "labels" / "added.jsonl").read_text().splitlines()]
+    (labels / "drawn.jsonl").write_text("".join(
+        json.dumps({**r, "id": f"d{r['id']}", "why": "r4_models_fire"}) + "\n" for r in rows))
+    (labels / "drawn.strata.json").write_text(json.dumps({"strata": {"r4_models_fire": {"pool": 20, "drawn": 2}}}))
+    with_drawn = table1_v2.build_v2_context(table1_v2.CONFIGS["smoke"], FIXTURES / "data", labels, "cpu",
+                                            tmp_path / "work", tmp_path / "results")
+    assert [i.id for i in with_drawn.real] == [i.id for i in ctx.real]
+    assert with_drawn.data.data_hash == ctx.data.data_hash
+    (labels / "drawn.strata.json").unlink()  # without its strata file the same rows are ordinary labels
+    plain = table1_v2.build_v2_context(table1_v2.CONFIGS["smoke"], FIXTURES / "data", labels, "cpu",
+                                       tmp_path / "work", tmp_path / "results")
+    assert len(plain.real) == len(ctx.real) + 2 and plain.data.data_hash != ctx.data.data_hash
+
+
 def test_folds_are_grouped_by_session_and_training_never_sees_the_test_fold(ctx):
     sessions_dev = set(ctx.truth)
     folds = ctx.item_folds
@@ -158,6 +178,19 @@ def test_binary_metrics_exact():
     assert (m["precision"], m["recall"], m["f1"]) == pytest.approx((2 / 3, 2 / 3, 2 / 3))
     assert (m["n"], m["positives"], m["predicted"]) == (6, 3, 3)
     assert binary_metrics(np.zeros(3, bool), np.zeros(3, bool))["f1"] == 0.0
+
+
+def test_weighted_metrics_count_each_item_as_its_stratum_share():
+    # A stratum drawn whole (weight 1) where the model fires, and a random stratum drawn 1 in 10: its one
+    # positive stands for ten the model missed.
+    truth = np.array([1, 0, 1, 0, 0], bool)
+    pred = np.array([1, 1, 0, 0, 0], bool)
+    m = weighted_binary_metrics(truth, pred, np.array([1, 1, 10, 10, 10.0]))
+    assert (m["precision"], m["recall"]) == pytest.approx((1 / 2, 1 / 11))
+    assert (m["predicted"], m["positives"], m["population"], m["n"]) == (2, 11, 32, 5)
+    same = weighted_binary_metrics(truth, pred, np.ones(5))
+    plain = binary_metrics(truth, pred)
+    assert (same["precision"], same["recall"], same["f1"]) == (plain["precision"], plain["recall"], plain["f1"])
 
 
 def _p(*rows):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,12 +34,14 @@ def read_jsonl(path: Path) -> Iterator[dict]:
                 yield json.loads(line)
 
 
-def text_sha256(*paths: Path) -> str:
-    """Hash of the records (not the bytes), so a gzipped copy hashes like the original."""
+def text_sha256(*paths: Path, skip: Callable[[dict], bool] | None = None) -> str:
+    """Hash of the records (not the bytes), so a gzipped copy hashes like the original; records ``skip``
+    rejects are not part of the data hashed."""
     h = hashlib.sha256()
     for p in paths:
         for d in read_jsonl(p):
-            h.update(json.dumps(d, sort_keys=True).encode())
+            if skip is None or not skip(d):
+                h.update(json.dumps(d, sort_keys=True).encode())
     return h.hexdigest()[:16]
 
 
@@ -54,6 +56,7 @@ class LabeledItem:
     real: bool
     turn: int | None = None  # the therapist utterance's index in its session (labelled real items)
     review: bool | None = None  # "reviews earlier homework" (ANNOTATION.md); None = not annotated
+    why: str | None = None  # how an added label's item was drawn (training/labels/README.md)
 
     @property
     def y(self) -> int:
@@ -179,10 +182,21 @@ def load_added_labels(data_dir: Path, paths: Iterable[Path] | None = None) -> li
             continue
         items.append(LabeledItem(id=r["id"], source=r["dataset"], session_id=r["session_id"], example=ex,
                                  label=r["label"], labels=tuple(r["labels"]), real=True, turn=int(r["turn"]),
-                                 review=r.get("review")))
+                                 review=r.get("review"), why=r.get("why")))
     if missing:
         raise ValueError(f"{len(missing)} labelled turns not found in {data_dir}: {missing[:5]}")
     return items
+
+
+def model_drawn_strata(labels_dir: Path = ADDED_LABELS_DIR) -> dict[str, float]:
+    """The strata drawn by what models predicted (``*.strata.json`` beside the label files), each with its
+    inverse inclusion weight (pool / drawn). Their items over-represent where the models fire, so figures
+    that compare models score them apart, weighted back to the population they were drawn from."""
+    out = {}
+    for p in sorted(Path(labels_dir).glob("*.strata.json")):
+        for why, s in json.loads(p.read_text())["strata"].items():
+            out[why] = s["pool"] / s["drawn"]
+    return out
 
 
 # ------------------------------------------------------------------ clinical supervision (sessions_dev)

@@ -49,6 +49,17 @@ def binary_metrics(truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
             "positives": int(truth.sum()), "predicted": int(pred.sum())}
 
 
+def weighted_binary_metrics(truth: np.ndarray, pred: np.ndarray, weight: np.ndarray) -> dict[str, float]:
+    """Precision, recall and F1 over a population sampled by strata: each item counts ``weight`` times
+    (its stratum's pool / drawn), with the estimated positives and predictions."""
+    truth, pred, w = np.asarray(truth, bool), np.asarray(pred, bool), np.asarray(weight, float)
+    tp, predicted, positives = float(w[truth & pred].sum()), float(w[pred].sum()), float(w[truth].sum())
+    p = tp / predicted if predicted else 0.0
+    r = tp / positives if positives else 0.0
+    return {"precision": p, "recall": r, "f1": f_beta(p, r, 1.0), "n": int(len(truth)),
+            "population": float(w.sum()), "positives": positives, "predicted": predicted}
+
+
 def event_labels(probs: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     """The decision rule: top class if it is not ``none`` and reaches its class threshold, else none."""
     top = probs.argmax(1)

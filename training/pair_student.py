@@ -62,6 +62,7 @@ from .data import (
     clinical_negatives,
     load_added_labels,
     load_labeled_data,
+    model_drawn_strata,
     session_folds,
     text_sha256,
     unlabeled_microdialogues,
@@ -77,6 +78,7 @@ from .metrics import (
     fires,
     homework_curve,
     item_scores,
+    weighted_binary_metrics,
 )
 from .metrics import fmt3 as _f
 from .metrics import fmt_prf as _prf
@@ -253,6 +255,18 @@ class StudentData:
         return np.array([self.fold_of[i.session_id] for i in self.added])
 
     @cached_property
+    def drawn_weight(self) -> np.ndarray:
+        """Per added item: its inverse inclusion weight where what the models predicted drew it, else 0."""
+        strata = model_drawn_strata()
+        return np.array([strata.get(i.why or "", 0.0) for i in self.added])
+
+    @cached_property
+    def scored(self) -> np.ndarray:
+        """The added items scored as labelled items: those drawn without a model (a sample drawn where the
+        models fire would favour whichever model fires less); the rest are scored by ``population_events``."""
+        return self.drawn_weight == 0
+
+    @cached_property
     def unseen(self) -> tuple[Context, np.ndarray]:
         """The sessions_dev sessions the teacher never trained an item of (98 of the 152 hold real_dev
         items, so its figures on all of them are partly in sample): their context, and a mask of their
@@ -374,15 +388,47 @@ def live_turns(data: StudentData, probs: np.ndarray, threshold: float) -> dict:
             "turns_unseen": binary_metrics(data.session_turn_truth[keep], fired[keep])}
 
 
+def population_events(data: StudentData, probs: np.ndarray, threshold: float) -> dict | None:
+    """Live events on the population the model-drawn items were sampled from (unlabelled clinical turns),
+    each item weighted by its stratum's pool / drawn."""
+    drawn = data.drawn_weight > 0
+    if not drawn.any():
+        return None
+    truth, w = data.added_y[drawn] != NONE_IDX, data.drawn_weight[drawn]
+    fired = fires(probs[drawn], threshold)
+    return {**weighted_binary_metrics(truth, fired, w), "max_weight": float(w.max()),
+            "interval_90": stratified_interval(truth, fired, w, np.array([i.why for i in data.added])[drawn]),
+            "curve": [{"threshold": float(t), **weighted_binary_metrics(truth, fires(probs[drawn], float(t)), w)}
+                      for t in POPULATION_THRESHOLDS]}
+
+
+POPULATION_THRESHOLDS = np.round(np.arange(0.5, 0.96, 0.05), 2)
+
+
+def stratified_interval(truth: np.ndarray, fired: np.ndarray, weight: np.ndarray, stratum: np.ndarray,
+                        reps: int = 2000, seed: int = 0) -> dict[str, list[float]]:
+    """90% bootstrap intervals of the weighted precision and recall: each stratum resampled with
+    replacement within itself, as it was drawn."""
+    rng = np.random.default_rng(seed)
+    strata = [np.flatnonzero(stratum == s) for s in np.unique(stratum)]
+    stats = []
+    for _ in range(reps):
+        idx = np.concatenate([rng.choice(s, len(s)) for s in strata])
+        m = weighted_binary_metrics(truth[idx], fired[idx], weight[idx])
+        stats.append((m["precision"], m["recall"]))
+    lo, hi = np.percentile(np.array(stats), [5, 95], axis=0)
+    return {"precision": [float(lo[0]), float(hi[0])], "recall": [float(lo[1]), float(hi[1])]}
+
+
 def evaluate(data: StudentData, cfg: StudentConfig, threshold: float) -> dict:
-    y = data.added_y
-    clinical = data.added_clinical
-    added_folds = data.added_folds
+    m = data.scored
+    y, clinical, added_folds = data.added_y[m], data.added_clinical[m], data.added_folds[m]
     pool = data.pool.for_config(cfg)
-    out: dict = {"n_items": len(y), "n_clinical": int(clinical.sum()), "threshold": threshold,
+    out: dict = {"n_items": len(y), "n_clinical": int(clinical.sum()), "n_model_drawn": int((~m).sum()),
+                 "threshold": threshold,
                  "pool": {k: int((pool.kind == k).sum()) for k in ("teacher_item", "synthetic", "unit", "added",
                                                                    "negative")}}
-    out["teacher"] = item_scores(y, data.added_teacher_probs, clinical, threshold)
+    out["teacher"] = item_scores(y, data.added_teacher_probs[m], clinical, threshold)
 
     # Distilled: the teacher's data only. The student never copies the teacher on the very items it is
     # scored on: whole scored sessions are left out.
@@ -395,8 +441,8 @@ def evaluate(data: StudentData, cfg: StudentConfig, threshold: float) -> dict:
     T_d = fit_temperature_to(student_logits(head, pool.feats.where(held_units).inputs(cfg.views)),
                              pool.targets[held_units])
     d_probs = softmax(student_logits(head, data.added_feats.inputs(cfg.views)), T_d)
-    out["distilled"] = {**item_scores(y, d_probs, clinical, threshold), "temperature": T_d,
-                        "agreement_with_teacher": agreement(d_probs, data.added_teacher_probs, threshold)}
+    out["distilled"] = {**item_scores(y, d_probs[m], clinical, threshold), "temperature": T_d,
+                        "agreement_with_teacher": agreement(d_probs[m], data.added_teacher_probs[m], threshold)}
 
     out["served"] = recipe_figures(data, cfg, threshold)
     out["two_views"] = recipe_figures(data, V2_HEAD, threshold)
@@ -404,27 +450,29 @@ def evaluate(data: StudentData, cfg: StudentConfig, threshold: float) -> dict:
     out["teacher"].update({"session": session_level(data.session_ctx, data.session_teacher_probs, threshold),
                            "session_unseen": session_level(sub, data.session_teacher_probs[keep], threshold),
                            **live_turns(data, data.session_teacher_probs, threshold),
-                           "rules": decision_rules(y, data.added_teacher_probs, clinical, added_folds)})
+                           "population_events": population_events(data, data.added_teacher_probs, threshold),
+                           "rules": decision_rules(y, data.added_teacher_probs[m], clinical, added_folds)})
     return out
 
 
 def recipe_figures(data: StudentData, cfg: StudentConfig, threshold: float) -> dict:
     """A recipe's five fold heads, out of fold: items, sessions, live turns, decision rules."""
-    y = data.added_y
-    clinical = data.added_clinical
-    added_folds = data.added_folds
+    m = data.scored
+    y, clinical, added_folds = data.added_y[m], data.added_clinical[m], data.added_folds[m]
     cv = served_cv(data, cfg)
     s_probs = softmax(cv.items, cv.temperature)
     sess_probs = softmax(cv.sessions, cv.temperature)
     sub, keep = data.unseen
-    return {**item_scores(y, s_probs, clinical, threshold), "temperature": cv.temperature, "views": list(cfg.views),
+    return {**item_scores(y, s_probs[m], clinical, threshold), "temperature": cv.temperature,
+            "views": list(cfg.views),
             # The gold-NLL temperature on the items, for reference (not served).
-            "temperature_gold_nll": fit_temperature(cv.items, y),
-            "agreement_with_teacher": agreement(s_probs, data.added_teacher_probs, threshold),
+            "temperature_gold_nll": fit_temperature(cv.items[m], y),
+            "agreement_with_teacher": agreement(s_probs[m], data.added_teacher_probs[m], threshold),
             "session": session_level(data.session_ctx, sess_probs, threshold),
             "session_unseen": session_level(sub, sess_probs[keep], threshold),
             **live_turns(data, sess_probs, threshold),
-            "rules": decision_rules(y, s_probs, clinical, added_folds),
+            "population_events": population_events(data, s_probs, threshold),
+            "rules": decision_rules(y, s_probs[m], clinical, added_folds),
             "session_sweep": [{"threshold": float(t), **session_level(data.session_ctx, sess_probs, float(t))}
                               for t in np.round(np.arange(0.4, 0.91, 0.05), 2)]}
 
@@ -440,12 +488,13 @@ VARIANTS = {
 
 
 def compare_variants(data: StudentData, cfg: StudentConfig, threshold: float) -> dict:
-    y = data.added_y
-    out = {"teacher": {"items": classification_metrics(y, data.added_teacher_probs.argmax(1)),
+    m = data.scored
+    y = data.added_y[m]
+    out = {"teacher": {"items": classification_metrics(y, data.added_teacher_probs[m].argmax(1)),
                        **live_turns(data, data.session_teacher_probs, threshold)}}
     for name, change in VARIANTS.items():
         cv = served_cv(data, replace(cfg, **change))
-        out[name] = {"items": classification_metrics(y, cv.items.argmax(1)), "temperature": cv.temperature,
+        out[name] = {"items": classification_metrics(y, cv.items[m].argmax(1)), "temperature": cv.temperature,
                      **live_turns(data, softmax(cv.sessions, cv.temperature), threshold)}
     return out
 
@@ -516,8 +565,9 @@ def render(report: dict) -> str:
              f"- Command: `{report['command'].strip()}` ({report['seconds']} s on this 2-vCPU VM; "
              f"embeddings cached under `var/pair_student`)",
              f"- Data hash `{report['data_hash']}`; teacher `{report['teacher']}`.",
-             f"- Scored: the **{ev['n_items']} real items of the annotation rounds** (`training/labels`; "
-             f"{ev['n_clinical']} clinical), which the teacher never trained on, so teacher and students are "
+             f"- Scored: the **{ev['n_items']} real items of the annotation rounds drawn without a model** "
+             f"(`training/labels`; {ev['n_clinical']} clinical; the {ev.get('n_model_drawn', 0)} items drawn where "
+             "models fire are scored apart, below), which the teacher never trained on, so teacher and students are "
              "all out of sample. The student is cross-validated on them (5 folds grouped by session: "
              "fold k's student learns no label, clinical negative or soft-labelled unit of a fold-k session); "
              "its temperature puts it on the teacher's scale (out-of-fold units against the teacher's "
@@ -555,6 +605,7 @@ def render(report: dict) -> str:
             "—" if unseen is None else f"{_f(unseen['accuracy'])} / {_f(unseen['precision'])} / {_f(unseen['recall'])}",
             _prf(e["turns"]) if "turns" in e else "—", _prf(e["turns_unseen"]) if "turns_unseen" in e else "—",
             f"{sp['4']} / {sp['16']}" if sp else "—"]) + " |")
+    lines += _render_population(rows, ev["threshold"])
     lines += _render_variants(report["variants"], ev["threshold"]) if report.get("variants") else []
     lines += _render_rules(ev) if "rules" in ev["served"] else []
     if timing:
@@ -563,6 +614,39 @@ def render(report: dict) -> str:
                 ratio = [timing[name][b] / timing["teacher"][b] for b in ("4", "16")]
                 lines += ["", f"{name} vs teacher speed: **{ratio[0]:.2f}x / {ratio[1]:.2f}x** (slices of 4 / 16)."]
     return "\n".join(lines) + "\n"
+
+
+def _render_population(rows: list[tuple[str, dict, str | None]], threshold: float) -> list[str]:
+    scored = [(title, e["population_events"]) for title, e, _ in rows if e.get("population_events")]
+    if not scored:
+        return []
+    n, population = scored[0][1]["n"], scored[0][1]["population"]
+    lines = ["", "### Live events on unlabelled clinical turns (model-drawn items, weighted)", "",
+             f"The {n} items of round 4 (`training/labels/model_disagreement_2026-12.jsonl`) were drawn where the "
+             "served model and the v2 head of that time raised events or disagreed, plus in-session exercise "
+             f"wording and random turns, from the {population:,.0f} clinical therapist turns that no earlier round "
+             "labelled. Each counts its stratum's pool / drawn times "
+             "(`model_disagreement_2026-12.strata.json`): an estimate of live events at "
+             f"p ≥ {threshold} over all those turns. The teacher never trained on them; the heads are out of fold.",
+             f"The random stratum's draws stand for about {scored[0][1]['max_weight']:.0f} turns each, so one item "
+             "there moves an estimate by as many events or assignments: the figures are rough, the comparison of "
+             "models on the same items less so. Intervals: stratified bootstrap (each stratum resampled within "
+             "itself, 2,000 times).",
+             "", "| model | events P / R / F1 | P, 90% interval | R, 90% interval | events (estimated) "
+             "| assignments (estimated) |", "|---|---|---|---|---|---|"]
+    lines += [f"| {title} | {_prf(p)} | {_span(p['interval_90']['precision'])} | {_span(p['interval_90']['recall'])} "
+              f"| {p['predicted']:.0f} | {p['positives']:.0f} |" for title, p in scored]
+    lines += ["", "The same against the event threshold (precision / recall / estimated events):", "",
+              "| threshold | " + " | ".join(title for title, _ in scored) + " |", "|---|" + "---|" * len(scored)]
+    for i, t in enumerate(scored[0][1]["curve"]):
+        lines.append(f"| {t['threshold']:.2f} | " + " | ".join(
+            f"{_f(p['curve'][i]['precision'])} / {_f(p['curve'][i]['recall'])} / {p['curve'][i]['predicted']:.0f}"
+            for _, p in scored) + " |")
+    return lines
+
+
+def _span(bounds: list[float]) -> str:
+    return f"{_f(bounds[0])}–{_f(bounds[1])}"
 
 
 def _render_variants(variants: dict, threshold: float) -> list[str]:

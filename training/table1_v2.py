@@ -60,6 +60,7 @@ from .data import (
     clinical_negatives,
     load_added_labels,
     load_labeled_data,
+    model_drawn_strata,
     select_negatives,
     session_folds,
     text_sha256,
@@ -202,11 +203,17 @@ def data_paths(data_dir: Path, labels_dir: Path) -> list[Path]:
 def build_v2_context(cfg: V2Config, data_dir: Path, labels_dir: Path, device: str, work_dir: Path,
                      results_dir: Path, deadline: float | None = None, mpnet_path: Path | None = None) -> V2Context:
     base = load_labeled_data(data_dir)
-    real = base.real + load_added_labels(data_dir, sorted(labels_dir.glob("*.jsonl")))
+    # The rows learn and are scored on the labels drawn without a model. Items drawn where models fire
+    # (round 4) would favour whichever row fires less; pair_student learns them and scores them apart,
+    # weighted back to their pool.
+    drawn = model_drawn_strata(labels_dir)
+    added = [i for i in load_added_labels(data_dir, sorted(labels_dir.glob("*.jsonl"))) if i.why not in drawn]
+    real = base.real + added
     dev = load_dev_sessions(data_dir)
     labelled = {(i.session_id, i.turn) for i in real if i.turn is not None}
     negatives = clinical_negatives(dev.sessions, dev.rows, labelled)
-    data = LabeledData(real, base.synthetic, text_sha256(*data_paths(data_dir, labels_dir)))
+    data = LabeledData(real, base.synthetic,
+                       text_sha256(*data_paths(data_dir, labels_dir), skip=lambda d: d.get("why") in drawn))
     fold_of = session_folds([i.session_id for i in real] + list(dev.truth), cfg.n_folds)
     windowed = dev.windowed()
     return V2Context(cfg, data_dir, data, fold_of, windowed, dev.truth, device, work_dir,

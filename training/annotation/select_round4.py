@@ -18,7 +18,11 @@ drawn again. The annotators never see how an item was drawn (``why`` is only in 
 unit, id numbering, batch text and meta formats are round 1's (select_batches.py); ids continue with
 prefix ``d`` after round 3, batches after batch_28.
 
-  python training/annotation/select_round4.py --out /work/annot4/batches
+  python training/annotation/select_round4.py --out /work/annot4/batches \
+      --v2-head <v2_head folder of 432a649> --labels-dir <labels folder without this round's files>
+
+Then ``--extend-random 360`` wrote the random stratum's next 360 draws (batch_32..34, d03721..): its
+first 106 held only 2 assignments, each standing for 32 turns, too few to estimate recall on.
 
 Needs the installed package (the two heads score each item; the encoder runs once per text, cached in
 ``--work-dir``, the same cache as ``python -m homework_monitor.training.pair_student``).
@@ -57,12 +61,11 @@ IN_SESSION = re.compile(
     r"|on a scale (?:of|from))", re.I)
 
 
-def candidates(data_dir):
+def candidates(data_dir, labels_dir):
     """Every clinical therapist utterance not labelled before, as (dataset, session_id, turn, example)."""
     taken = {(r["dataset"], r["session_id"], int(r["turn"]))
              for r in sb.read_jsonl(os.path.join(data_dir, "labeled", "real_dev.jsonl")) if r.get("turn") is not None}
-    labels_dir = Path(__file__).resolve().parents[1] / "labels"
-    for p in sorted(labels_dir.glob("*.jsonl")):
+    for p in sorted(Path(labels_dir).glob("*.jsonl")):
         taken |= {(r["dataset"], r["session_id"], int(r["turn"])) for r in sb.read_jsonl(p)}
     out, corpora = [], {}
     for ds in sb.CLINICAL:
@@ -81,11 +84,19 @@ def main():
     ap.add_argument("--out", required=True, help="folder for batch_NN.txt / .meta.jsonl (outside the repository)")
     ap.add_argument("--data-dir", default=sb.DATA)
     ap.add_argument("--work-dir", default="var/pair_student", help="embedding cache folder")
+    ap.add_argument("--labels-dir", default=str(Path(__file__).resolve().parents[1] / "labels"),
+                    help="keys labelled here are not drawn (round 4 ran with the three earlier rounds' files)")
+    ap.add_argument("--v2-head", default=str(SERVED_ARTIFACT / "v2_head"),
+                    help="the v2 head to compare (round 4 used minilm_v2_head-c602c5d0, in git at 432a649)")
+    ap.add_argument("--extend-random", type=int, default=0, metavar="N",
+                    help="write only the random stratum's next N draws (batches after the round's three)")
+    ap.add_argument("--strata-out", default=str(Path(__file__).resolve().parents[1] / "labels"
+                                                / "model_disagreement_2026-12.strata.json"))
     args = ap.parse_args()
     sb.DATA = args.data_dir
-    cands, corpora, n_taken = candidates(args.data_dir)
+    cands, corpora, n_taken = candidates(args.data_dir, args.labels_dir)
     served = OnnxClassifier(SERVED_ARTIFACT)
-    v2 = OnnxClassifier(SERVED_ARTIFACT / "v2_head")
+    v2 = OnnxClassifier(Path(args.v2_head))
     if served.spec.views != TWO_VIEWS or v2.spec.views != TWO_VIEWS:
         sys.exit("both heads must read the pair and therapist views")
     X = features(EmbeddingCache(served, Path(args.work_dir) / f"embeddings-{served.version}.npz"),
@@ -109,7 +120,7 @@ def main():
     rng.shuffle(order)
     per_session, seen_text, chosen = collections.Counter(), set(), []
     for why in [*QUOTA, "r4_random"]:
-        n, got = QUOTA.get(why, TOTAL - len(chosen)), 0
+        n, got = QUOTA.get(why, TOTAL + args.extend_random - len(chosen)), 0
         for i in order:
             ds, sid, turn, ex = cands[i]
             if got == n:
@@ -120,8 +131,13 @@ def main():
             seen_text.add(ex.therapist.lower())
             chosen.append({"dataset": ds, "session_id": sid, "turn": turn, "why": why})
             got += 1
-    n_batches = len(chosen) // sb.BATCH_SIZE
-    batches = sb.deal_batches(chosen, n_batches, rng)
+    # --extend-random: the random stratum's next draws in the same order (the first TOTAL items are the
+    # round's own, unchanged), written as further batches; the stratum's weight follows its larger draw.
+    new = chosen[TOTAL:] if args.extend_random else chosen
+    id_offset, batch_offset = (R4_ID_OFFSET + TOTAL, R4_BATCH_OFFSET + TOTAL // sb.BATCH_SIZE) if args.extend_random \
+        else (R4_ID_OFFSET, R4_BATCH_OFFSET)
+    n_batches = len(new) // sb.BATCH_SIZE
+    batches = sb.deal_batches(new, n_batches, random.Random(SEED + 1) if args.extend_random else rng)
     mds = {}
 
     def get_md(ds, sid):
@@ -129,7 +145,7 @@ def main():
             mds[(ds, sid)] = sb.microdialogues(corpora[ds][sid])
         return mds[(ds, sid)]
 
-    sb.write_batches(args.out, batches, R4_BATCH_OFFSET, "d", R4_ID_OFFSET, get_md)
+    sb.write_batches(args.out, batches, batch_offset, "d", id_offset, get_md)
     sdev = {s["session_id"] for s in sb.read_jsonl(os.path.join(args.data_dir, "labeled", "sessions_dev.jsonl"))}
     summary = {
         "round": 4, "seed": SEED, "threshold": THRESHOLD, "served": served.version, "v2_head": v2.version,
@@ -142,6 +158,15 @@ def main():
     }
     with open(os.path.join(args.out, "selection_summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
+    # Each stratum's pool and draw: the weights that score these items as a sample of the pool
+    # (training.data.model_drawn_strata).
+    strata = {"drawn_by": f"training/annotation/select_round4.py (seed {SEED})", "served": served.version,
+              "v2_head": v2.version, "threshold": THRESHOLD,
+              "population": "clinical therapist utterances (annomi, hlqc, mibot, pa_counseling; >= 4 words) "
+                            "not labelled before round 4",
+              "strata": {why: {"pool": pool_sizes[why], "drawn": summary["per_why"][why]} for why in summary["per_why"]}}
+    with open(args.strata_out, "w") as f:
+        json.dump(strata, f, indent=1)
     print(json.dumps(summary, indent=1))
 
 
