@@ -388,6 +388,9 @@ def live_turns(data: StudentData, probs: np.ndarray, threshold: float) -> dict:
             "turns_unseen": binary_metrics(data.session_turn_truth[keep], fired[keep])}
 
 
+POPULATION_THRESHOLDS = np.round(np.arange(0.5, 0.96, 0.05), 2)  # the curve of population_events
+
+
 def population_events(data: StudentData, probs: np.ndarray, threshold: float) -> dict | None:
     """Live events on the population the model-drawn items were sampled from (unlabelled clinical turns),
     each item weighted by its stratum's pool / drawn."""
@@ -400,9 +403,6 @@ def population_events(data: StudentData, probs: np.ndarray, threshold: float) ->
             "interval_90": stratified_interval(truth, fired, w, np.array([i.why for i in data.added])[drawn]),
             "curve": [{"threshold": float(t), **weighted_binary_metrics(truth, fires(probs[drawn], float(t)), w)}
                       for t in POPULATION_THRESHOLDS]}
-
-
-POPULATION_THRESHOLDS = np.round(np.arange(0.5, 0.96, 0.05), 2)
 
 
 def stratified_interval(truth: np.ndarray, fired: np.ndarray, weight: np.ndarray, stratum: np.ndarray,

@@ -226,7 +226,7 @@ def _sigkill(stack):
 def test_triton_down_mid_replay_loses_nothing(tmp_path, offline_events, stop, down_s, error_kind):
     """Triton stopped with SIGTERM (as a rolling update does) or killed, back later: the worker waits."""
     with stack_with_worker(tmp_path) as (stack, settings, ports):
-        sender, length = replay_in_background(settings, speed=10.0)
+        sender, length = replay_in_background(settings, speed=20.0)
         time.sleep(length * 0.4)
         stop(stack)
         assert wait_until(lambda: "triton_unavailable" in readiness(ports.worker_metrics)[1], 15)
@@ -342,7 +342,7 @@ def test_a_hung_triton_is_a_stall_the_worker_reports_then_exits_on(tmp_path, off
 
 def test_worker_sigterm_mid_replay_finishes_its_batch_and_commits(tmp_path, offline_events):
     with stack_with_worker(tmp_path, worker_env=QUICK_STALL_EXIT) as (stack, settings, ports):
-        sender, length = replay_in_background(settings, speed=10.0)
+        sender, length = replay_in_background(settings, speed=20.0)
         time.sleep(length * 0.4)
         assert stack["worker-1"].stop(timeout=60) == 0  # SIGTERM: graceful, exit code 0
         log = stack["worker-1"].log_path.read_text(errors="replace")
