@@ -41,6 +41,7 @@ import select_batches as sb
 
 from homework_monitor.runtime import OnnxClassifier
 from homework_monitor.training.data import utterance_examples
+from homework_monitor.training.head import softmax
 from homework_monitor.training.metrics import fires
 from homework_monitor.training.pair_student import TWO_VIEWS, EmbeddingCache, features
 from homework_monitor.triton_models import SERVED_ARTIFACT
@@ -102,12 +103,7 @@ def main():
     X = features(EmbeddingCache(served, Path(args.work_dir) / f"embeddings-{served.version}.npz"),
                  [c[3] for c in cands]).inputs(TWO_VIEWS)
 
-    def probs(clf):
-        z = clf.head_logits(X) / clf.spec.temperature
-        z = np.exp(z - z.max(1, keepdims=True))
-        return z / z.sum(1, keepdims=True)
-
-    f_served, f_v2 = fires(probs(served), THRESHOLD), fires(probs(v2), THRESHOLD)
+    f_served, f_v2 = (fires(softmax(clf.head_logits(X), clf.spec.temperature), THRESHOLD) for clf in (served, v2))
     stratum = np.where(f_v2 & ~f_served, "r4_v2_only",
                        np.where(f_served & ~f_v2, "r4_served_only", np.where(f_served & f_v2, "r4_both", "")))
     for i, (_, _, _, ex) in enumerate(cands):
