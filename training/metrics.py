@@ -41,12 +41,9 @@ def f_beta(precision: float, recall: float, beta: float) -> float:
 
 def binary_metrics(truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     """Precision, recall and F1 of a yes/no decision (0 where undefined), with the counts behind them."""
-    truth, pred = np.asarray(truth, bool), np.asarray(pred, bool)
-    tp = int((truth & pred).sum())
-    p = tp / int(pred.sum()) if pred.any() else 0.0
-    r = tp / int(truth.sum()) if truth.any() else 0.0
-    return {"precision": p, "recall": r, "f1": f_beta(p, r, 1.0), "n": int(len(truth)),
-            "positives": int(truth.sum()), "predicted": int(pred.sum())}
+    m = weighted_binary_metrics(truth, pred, np.ones(len(truth)))
+    return {"precision": m["precision"], "recall": m["recall"], "f1": m["f1"], "n": m["n"],
+            "positives": int(m["positives"]), "predicted": int(m["predicted"])}
 
 
 def weighted_binary_metrics(truth: np.ndarray, pred: np.ndarray, weight: np.ndarray) -> dict[str, float]:
