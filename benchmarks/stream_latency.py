@@ -23,7 +23,8 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# Appended, not inserted: a PYTHONPATH layout of another revision (stream_path_ab.sh) must win.
+sys.path.append(str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 

@@ -15,6 +15,10 @@ layout() {  # $1 = tree, $2 = dest: prints the folder to put on PYTHONPATH
   "$PY" -P -c 'import sys; sys.path.insert(0, "benchmarks"); from pathlib import Path; from source_layout import source_layout; print(source_layout(Path(sys.argv[2]), Path(sys.argv[1]).resolve()))' "$1" "$2"
 }
 base_path=$(layout "$work/base" "$work/layout-base"); new_path=$(layout . "$work/layout-new")
+for path in "$base_path" "$new_path"; do  # each side must import its own tree, whatever the harness imports first
+  got=$(PYTHONPATH=$path "$PY" -P -c 'import sys; sys.path.append(sys.argv[1]); import stream_path; from homework_monitor.stream import app; print(app.__file__)' benchmarks)
+  case "$got" in "$path"/*) ;; *) echo "stream_path_ab: $path imports the worker from $got" >&2; exit 1;; esac
+done
 echo "base $(git rev-parse --short "$BASE") vs working tree $(git rev-parse --short HEAD)$(git diff --quiet || echo +changes), $SESSIONS sessions"
 for round in $(seq "$ROUNDS"); do
   for side in base new; do

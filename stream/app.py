@@ -13,7 +13,9 @@ A batch that cannot be finished is never committed past: the worker blocks its o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import itertools
 import logging
 import os
 import signal
@@ -96,10 +98,13 @@ class _StatePositionedConsumer(AIOKafkaConsumer):
         await super().on_partitions_assigned(assigned, generation_id)
 
     async def on_partitions_revoked(self, revoked) -> None:
+        await super().on_partitions_revoked(revoked)  # faust waits here for the batches in flight
         gate = self._gate()
         if gate:
+            # What was applied is stored before the partitions' next owner reads the table, so it
+            # starts where this worker stopped instead of applying those records again.
+            await _write_unless_blocked(self.app, gate)
             gate.forget(tp.partition for tp in revoked if tp.topic == gate.topic)
-        await super().on_partitions_revoked(revoked)
 
     def resume_partitions(self, tps) -> None:
         super().resume_partitions(set(tps) - self._unpositioned)
@@ -112,6 +117,14 @@ class _StatePositionedConsumer(AIOKafkaConsumer):
         await gate.position(self, self._unpositioned & self.assignment())
         ready, self._unpositioned = self._unpositioned, frozenset()
         super().resume_partitions(ready & self.assignment())
+
+
+async def _write_unless_blocked(app, gate: SourceGate) -> None:
+    """``gate.write()``, unless the worker is failing (a batch it could not finish): then it writes
+    nothing more, and its replacement applies again what the table does not hold."""
+    health = getattr(app, "health", None)
+    if health is None or not health.commits_blocked:
+        await gate.write()
 
 
 def _transport_class(fetch_max_wait_ms: int) -> type[AIOKafkaTransport]:
@@ -133,6 +146,11 @@ def _transport_class(fetch_max_wait_ms: int) -> type[AIOKafkaTransport]:
                 log.warning("offset commit refused (%s): the batch in flight was not finished",
                             health.commits_blocked)
                 return False
+            gate = self._gate()
+            if gate is not None:
+                # The committed offsets are of acked records, whose batches have finished: their
+                # states and markers go to the table first, so the commit never passes the state.
+                await gate.write()
             return await super()._commit(offsets)
 
     return type("FetchWaitTransport", (AIOKafkaTransport,), {"Consumer": FetchWaitConsumer})
@@ -193,23 +211,53 @@ class ClientHistoryTable(_ChangelogWaits, FaustGlobalTable):
 
 
 class DecodedStates:
-    """The live (not ended) session states this worker wrote or read, decoded: the table stays the
-    record, this spares decoding a session's JSON on every utterance and every silence tick (a third
-    of the worker's time with 1,000 sessions, benchmarks/stream_path.py).
+    """The live (not ended) session states this worker wrote or read, decoded, and the states it
+    applied but has not written to the table yet.
 
-    Write-through: the agent puts every state it writes to the table. Cleared when partitions are
-    assigned (every rebalance, revocations included) and again when they are positioned after recovery,
-    because recovery (or another worker) changes the table underneath. Ended sessions are never held:
-    their tombstones expire from the table on their own schedule.
+    Decoded: the table stays the record; this spares decoding a session's JSON on every utterance and
+    every silence tick (a third of the worker's time with 1,000 sessions, benchmarks/stream_path.py).
+    Cleared when partitions are assigned (every rebalance, revocations included) and again when they
+    are positioned after recovery, because recovery (or another worker) changes the table underneath.
+    Ended sessions are never held once written: their tombstones expire from the table on their own
+    schedule.
+
+    Unwritten (``stage``): the agent stages each batch's states here, and ``SourceGate.write`` takes
+    them to the table before the next offset commit, so a session that gets several utterances between
+    two commits is written once (one table write per input was half of the stream path's cost). They
+    win over the table until written. Clearing drops them: their partitions are then positioned again
+    from the table's markers, which never cover them, so their records are applied again.
     """
 
     def __init__(self) -> None:
         self._live: dict[str, SessionState] = {}
         self._ended: set[str] = set()  # keys known to hold tombstones: the timer skips them unread
+        self._unwritten: dict[str, tuple[SessionState, object]] = {}  # sid -> (state, its last event)
 
-    def clear(self) -> None:
+    def clear(self) -> int:
+        """Forget everything; the number of unwritten states dropped."""
+        dropped = len(self._unwritten)
         self._live.clear()
         self._ended.clear()
+        self._unwritten.clear()
+        return dropped
+
+    def stage(self, state: SessionState, event: object) -> None:
+        """A state applied by a finished batch, to be written with ``event``'s partition (its last record)."""
+        self._unwritten[state.session_id] = (state, event)
+        self.put(state)
+
+    def take_unwritten(self) -> dict[str, tuple[SessionState, object]]:
+        """The staged states, now to be written (no longer held as unwritten)."""
+        taken, self._unwritten = self._unwritten, {}
+        return taken
+
+    def restage(self, taken: dict[str, tuple[SessionState, object]]) -> None:
+        """States taken for a write that failed: unwritten again, unless a later batch staged newer ones."""
+        for sid, entry in taken.items():
+            self._unwritten.setdefault(sid, entry)
+
+    def has_unwritten(self) -> bool:
+        return bool(self._unwritten)
 
     def put(self, state: SessionState) -> None:
         if state.ended:
@@ -220,6 +268,9 @@ class DecodedStates:
             self._ended.discard(state.session_id)  # an expired id used again is a new session
 
     def get(self, sid: str, read: Callable[[str], dict | None]) -> SessionState | None:
+        unwritten = self._unwritten.get(sid)
+        if unwritten is not None:
+            return unwritten[0]
         state = self._live.get(sid)
         if state is None:
             raw = read(sid)
@@ -230,10 +281,11 @@ class DecodedStates:
         return state
 
     def live(self, keys, read: Callable[[str], dict | None]) -> dict[str, SessionState]:
-        """Every live session among ``keys`` (the table's keys): cached, or read once and cached."""
+        """Every live session among ``keys`` (the table's keys) and the unwritten states: cached, or
+        read once and cached."""
         out = {}
-        for k in keys:
-            if not isinstance(k, str) or k in self._ended:  # progress markers are not sessions
+        for k in itertools.chain(keys, list(self._unwritten)):
+            if not isinstance(k, str) or k in self._ended or k in out:  # progress markers are not sessions
                 continue
             state = self.get(k, read)
             if state is not None and not state.ended:
@@ -244,10 +296,12 @@ class DecodedStates:
 class SourceGate:
     """Applies each source partition in offset order from the position the table state records.
 
-    After each batch, the next offset of every partition it advanced is written to the sessions table
-    (``marker_key``), after the batch's session states and to the same changelog partition, so the
-    recovered marker never runs ahead of the recovered sessions. Redeliveries below it are skipped;
-    a record above it (a hole) is held and its partition read again (``stream/progress.py``).
+    Each finished batch stages its session states (``DecodedStates.stage``) and confirms its
+    positions (``confirm``). ``write`` stores them before every offset commit and when partitions are
+    revoked: the staged states, then the next offset of every partition (``marker_key``) to the same
+    changelog partition, so the recovered marker never runs ahead of the recovered sessions and the
+    committed offset never runs ahead of the marker. Redeliveries below it are skipped; a record above
+    it (a hole) is held and its partition read again (``stream/progress.py``).
     """
 
     def __init__(self, topic: str, table: SessionTable, settings: Settings, clock,
@@ -257,13 +311,16 @@ class SourceGate:
         self.progress = SourceProgress(settings.source_gap_timeout_s, settings.source_rewind_interval_s)
         self.grace_s = settings.retired_session_grace_s
         self._recorded: dict[int, int] = {}
+        self._last_event: dict[int, object] = {}  # partition -> its latest applied record (a write's partition)
         self.expiry_due: dict[int, list[str]] = {}
+        self._writing = asyncio.Lock()  # one write at a time: each marker follows the states it covers
 
     def forget(self, partitions) -> None:
         partitions = list(partitions)
         self.progress.forget(partitions)
         for p in partitions:
             self._recorded.pop(p, None)
+            self._last_event.pop(p, None)
             self.expiry_due.pop(p, None)
 
     def recorded(self, partition: int) -> int | None:
@@ -275,7 +332,7 @@ class SourceGate:
         if not tps:
             return
         # The tables are recovered now: anything decoded while recovery was writing them is stale.
-        self.decoded.clear()
+        self.clear_decoded()
         log_start = await consumer.earliest_offsets(*tps)
         for tp in tps:
             marker = self.recorded(tp.partition)
@@ -313,32 +370,55 @@ class SourceGate:
             out.append(e)
         return out
 
-    async def commit_progress(self, events) -> None:
-        """Store the batch: its session states and due tombstone deletions, then each partition's next
-        offset, each on the broker before the next step and before the batch's offsets can be
-        committed. A marker goes in a produce request of its own, after everything else the batch
-        wrote to its partition, so it is the last record there: a recovered marker is never ahead of
-        the recovered sessions, and the changelog never ends in a multi-record batch (tansu's
-        ListOffsets understates the end of one, and faust's recovery trusts that end)."""
-        for p, e in self._last_per_partition(events).items():
-            _current_event.set(weakref.ref(e))  # table writes go to the changelog partition of this event
-            self._expire(self.expiry_due.pop(p, ()))
-        written = await self.table.changelog_written()
-        for p, e in self._last_per_partition(events).items():
-            nxt = self.progress.next_offset(p)
-            if nxt is not None and (self._recorded.get(p) != nxt or p in written):
-                _current_event.set(weakref.ref(e))
-                self.table[marker_key(self.topic, p)] = marker_value(nxt)
-                self._recorded[p] = nxt
-        await self.table.changelog_written()
+    def confirm(self, events) -> None:
+        """The batch's outputs are on the broker and its states staged: its positions count. No await
+        between staging and this, so a concurrent ``write`` sees both or neither."""
+        for e in events:
+            self._last_event[e.message.partition] = e
         self.progress.confirm()
 
-    @staticmethod
-    def _last_per_partition(events) -> dict:
-        last = {}
-        for e in events:
-            last[e.message.partition] = e
-        return dict(sorted(last.items()))
+    def clear_decoded(self) -> None:
+        dropped = self.decoded.clear()
+        if dropped:
+            log.warning("%d applied session state(s) were not written before the table changed; their "
+                        "records are read again from the stored positions", dropped)
+
+    async def write(self) -> None:
+        """Store what the finished batches applied: the staged session states and due tombstone
+        deletions, then each partition's next offset, each on the broker before the next step (and,
+        called from the consumer's commit, before the offsets are committed). A marker goes in a
+        produce request of its own, after everything else written to its partition, so it is the last
+        record there: a recovered marker is never ahead of the recovered sessions, and the changelog
+        never ends in a multi-record batch (tansu's ListOffsets understates the end of one, and
+        faust's recovery trusts that end)."""
+        async with self._writing:
+            # A snapshot taken without awaiting: batches that finish while this write waits for the
+            # broker are staged and confirmed after it, and go with the next write.
+            states = self.decoded.take_unwritten()
+            positions = {p: self.progress.next_offset(p) for p in self._last_event}
+            last_event = dict(self._last_event)
+            try:
+                for sid, (state, event) in states.items():
+                    # Each write goes to the changelog partition of the event it names (the session's last
+                    # record): take_events does not set a current event per record.
+                    with _writing_for(event):
+                        self.table[sid] = table_value(state, event.message.partition, self.clock())
+                for p, e in last_event.items():
+                    if self.expiry_due.get(p):
+                        with _writing_for(e):
+                            self._expire(self.expiry_due.pop(p))
+                written = await self.table.changelog_written()
+                for p, nxt in sorted(positions.items()):
+                    if nxt is not None and (self._recorded.get(p) != nxt or p in written):
+                        with _writing_for(last_event[p]):
+                            self.table[marker_key(self.topic, p)] = marker_value(nxt)
+                        self._recorded[p] = nxt
+                await self.table.changelog_written()
+            except BaseException:
+                # Not stored (or not known to be): the next write writes them again, and no marker
+                # covers them before that. The error goes on to the caller (a failed commit is loud).
+                self.decoded.restage(states)
+                raise
 
     def _expire(self, session_ids) -> None:
         for sid in session_ids:
@@ -357,6 +437,16 @@ class SourceGate:
             metrics.SOURCE_REWINDS.inc()
             log.warning("source %s[%d]: record %d was not delivered; reading again from it", self.topic, p, offset)
             await consumer.seek_wait({tp: offset})
+
+
+@contextlib.contextmanager
+def _writing_for(event):
+    """Table writes inside go to ``event``'s partition (faust reads it from the current event)."""
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
 
 
 def table_value(state: SessionState, partition: int, now: float) -> dict:
@@ -389,7 +479,7 @@ def create_app(settings: Settings, classifier: Classifier | None = None,
         settings.app_id, fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms, broker=[f"kafka://{b}" for b in settings.kafka_bootstrap.split(",")],
         broker_credentials=broker_credentials(settings), value_serializer="raw",
         topic_partitions=settings.topic_partitions, **table_options(settings),
-        broker_session_timeout=settings.broker_session_timeout_s,
+        broker_session_timeout=settings.broker_session_timeout_s, broker_commit_interval=settings.commit_interval_s,
         processing_guarantee="at_least_once", web_enabled=False,
         producer_acks=-1, topic_disable_leader=True,
         datadir=str(settings.run_dir / f"faust-{settings.worker_id}"))
@@ -475,14 +565,11 @@ def create_app(settings: Settings, classifier: Classifier | None = None,
                       for s in result.summaries if s.client_id is not None]
             for fut in sends:
                 await fut
+            # The states go to the table with the next offset commit (SourceGate.write): a session
+            # with several utterances between two commits is written once.
             for sid, state in result.states.items():
-                # Table writes go to the changelog partition of the event that carried the session,
-                # which take_events does not set per event: point the context at it explicitly.
-                last = batch[result.last_record_of[sid]]
-                _current_event.set(weakref.ref(last))
-                sessions[sid] = table_value(state, last.message.partition, clock())
-                decoded.put(state)
-            await gate.commit_progress(received)  # states on the broker, then the position markers
+                decoded.stage(state, batch[result.last_record_of[sid]])
+            gate.confirm(received)
             await gate.rewind(app)
             _observe(result)
             if result.dead_letters:
@@ -543,7 +630,7 @@ def create_app(settings: Settings, classifier: Classifier | None = None,
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # faust's signal typing
     async def on_assigned(app, assigned, **kwargs):  # noqa: ARG001 - faust signal signature
-        decoded.clear()  # recovery rewrites the table under the cache
+        gate.clear_decoded()  # recovery rewrites the table under the cache
         mine = sorted(tp.partition for tp in assigned if tp.topic == t.utterances)
         log.info("partitions assigned: %s %s", t.utterances, mine)
 

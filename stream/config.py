@@ -120,6 +120,11 @@ class Settings(BaseSettings):
     # Stream processing.
     batch_size: int = Field(64, ge=1)
     batch_within_s: float = Field(0.01, gt=0)
+    # Offsets are committed this often, and the session states applied since the last commit are
+    # written to the table (with each partition's position marker) just before: a session is written
+    # once per interval however many utterances it got. A worker killed without notice applies up
+    # to this much of its input again (same event and summary ids); a graceful stop writes all.
+    commit_interval_s: float = Field(1.0, gt=0)
     # Replay sends an utterance when it starts, so a long turn already looks like ~10 s of silence.
     silence_flush_s: float = Field(20.0, gt=0)
     silence_check_interval_s: float = Field(1.0, gt=0)

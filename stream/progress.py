@@ -80,7 +80,8 @@ class SourceProgress:
     ``rewind_interval_s`` while a hole lasts.
 
     A micro-batch is admitted between ``begin`` and ``confirm``: its advances count only once the
-    batch's state is stored. A batch that fails never confirms, and the next ``begin`` starts again
+    batch's outputs are on the broker and its states are staged for the table (a stored marker then
+    records no more than the confirmed positions). A batch that fails never confirms, and the next ``begin`` starts again
     from the confirmed positions, so its records are applied when they come again.
     """
 
@@ -113,16 +114,17 @@ class SourceProgress:
         self._dropped.discard(partition)
 
     def forget(self, partitions) -> None:
-        """The partitions went to another worker. A batch being applied keeps its view of them (its
-        states are still written, and its position with them); they are dropped when it confirms."""
+        """The partitions went to another worker. A batch being applied keeps its view of them until
+        it confirms, and they are dropped then."""
         for p in partitions:
             self._parts.pop(p, None)
             if self._batch is not None:
                 self._dropped.add(p)
 
     def next_offset(self, partition: int) -> int | None:
-        """The next offset to apply, as of the batch being applied if there is one."""
-        st = self._current().get(partition)
+        """The next offset to apply as of the last confirmed batch: what a stored marker may say (a
+        batch being applied does not count before it confirms)."""
+        st = self._parts.get(partition)
         return st.next_offset if st else None
 
     def holes(self) -> dict[int, int]:

@@ -78,11 +78,14 @@ async def test_state_is_written_to_the_table_and_survives_batches(app, sent, utt
     s = utterance_factory("s1")
     async with app.monitor_agent.test_context() as agent:
         await put_all(agent, [s.therapist("Could you write a few lines each day?"), s.client("Yes.")])
-        await wait_for(agent, lambda: app.sessions_table.get("s1") is not None)
+        await wait_for(agent, lambda: app.source_gate.decoded.has_unwritten())
+        assert app.sessions_table.get("s1") is None  # applied, written with the next offset commit
+        await app.source_gate.write()  # what the consumer's commit does first
         assert app.sessions_table["s1"]["pending_therapist"]["text"].startswith("Could you write")
         await asyncio.sleep(0.05)  # the next messages land in a later batch
         await put_all(agent, [s.therapist("Good."), s.end()])
         await wait_for(agent, lambda: sent.on("session-summaries"))
+        await app.source_gate.write()
     assert [(e["turn"], e["category"]) for e in sent.on("homework-events")] == [(0, "journal")]
     assert app.sessions_table["s1"]["ended"] is True
     assert list(app.sessions_table["s1"]["history"]) == []  # retired: no transcript kept
@@ -159,6 +162,30 @@ async def test_no_offset_is_committed_once_commits_are_blocked(app):
     from faust.types import TP
     app.health.block_commits("batch_failed")
     assert await app.consumer._commit({TP("utterances", 0): 42}) is False
+
+
+async def test_an_offset_commit_stores_the_applied_states_and_positions_first(app, sent, utterance_factory,
+                                                                               monkeypatch):
+    """The committed offset never passes the stored state: the consumer's _commit writes it first."""
+    from faust.transport.drivers.aiokafka import Consumer
+    from faust.types import TP
+
+    from homework_monitor.stream.progress import marker_key
+    at_commit = []
+
+    async def broker_commit(self, offsets):
+        at_commit.append((dict(offsets), app.sessions_table.get("s1"), [k for _, k, _ in sent.changelog]))
+        return True
+    monkeypatch.setattr(Consumer, "_commit", broker_commit)  # the broker's side of it
+    s = utterance_factory("s1")
+    async with app.monitor_agent.test_context() as agent:
+        await put_all(agent, a_session(s))
+        await wait_for(agent, lambda: sent.on("session-summaries"))
+        assert sent.changelog == []
+        assert await app.consumer._commit({TP("utterances", 0): 7}) is True
+    ((offsets, state, changelog),) = at_commit
+    assert offsets == {TP("utterances", 0): 7} and state["ended"]
+    assert changelog == ["s1", marker_key("utterances", 0)]
 
 
 async def test_a_finished_batch_counts_as_progress(app, sent, utterance_factory):

@@ -1,5 +1,6 @@
-"""The worker's decoded-state cache (stream/app.py DecodedStates): write-through, reads the table once,
-never holds ended sessions, and forgets everything when cleared (partitions assigned or positioned)."""
+"""The worker's decoded-state cache (stream/app.py DecodedStates): serves what the agent applied, reads the table once,
+never holds ended sessions once written, holds applied states until they are written, and forgets
+everything when cleared (partitions assigned or positioned)."""
 from homework_monitor.stream.app import DecodedStates
 from homework_monitor.stream.expiry import with_retirement
 from homework_monitor.stream.progress import marker_key, marker_value
@@ -48,3 +49,43 @@ def test_an_expired_id_used_again_is_a_live_session():
     cache.put(SessionState(session_id="s3", ended=True))
     cache.put(SessionState(session_id="s3", last_seq=0))
     assert set(cache.live(["s3"], lambda sid: None)) == {"s3"}
+
+
+def test_staged_states_win_over_the_table_until_taken_for_writing():
+    table = CountingTable(s1=SessionState(session_id="s1", last_seq=1).to_json())
+    cache = DecodedStates()
+    cache.stage(SessionState(session_id="s1", last_seq=5), event="e1")
+    cache.stage(SessionState(session_id="s2", last_seq=0), event="e2")  # not in the table yet
+    assert cache.get("s1", table.read).last_seq == 5 and table.reads == 0
+    assert set(cache.live(list(table), table.read)) == {"s1", "s2"}  # the silence timer sees s2 too
+    cache.stage(SessionState(session_id="s1", last_seq=6), event="e3")  # a later batch: one entry per session
+    taken = cache.take_unwritten()
+    assert {sid: (st.last_seq, ev) for sid, (st, ev) in taken.items()} == {"s1": (6, "e3"), "s2": (0, "e2")}
+    assert not cache.has_unwritten() and cache.take_unwritten() == {}
+    assert cache.get("s1", table.read).last_seq == 6  # still decoded (the table gets it from the write)
+
+
+def test_an_ended_session_is_served_from_the_staged_state_until_written():
+    table = CountingTable(s1=SessionState(session_id="s1", last_seq=3).to_json())
+    cache = DecodedStates()
+    cache.stage(SessionState(session_id="s1", last_seq=4, ended=True), event="e")
+    assert cache.get("s1", table.read).ended  # not the table's older live state
+    assert cache.live(list(table), table.read) == {}
+
+
+def test_clearing_drops_unwritten_states_and_says_how_many():
+    cache = DecodedStates()
+    cache.stage(SessionState(session_id="s1"), event="e")
+    assert cache.clear() == 1 and not cache.has_unwritten()
+    assert cache.get("s1", lambda sid: None) is None
+
+
+def test_states_of_a_failed_write_are_staged_again_unless_a_newer_one_is():
+    cache = DecodedStates()
+    cache.stage(SessionState(session_id="s1", last_seq=1), event="e1")
+    cache.stage(SessionState(session_id="s2", last_seq=1), event="e2")
+    taken = cache.take_unwritten()
+    cache.stage(SessionState(session_id="s1", last_seq=2), event="e3")  # a batch finished during the write
+    cache.restage(taken)
+    again = cache.take_unwritten()
+    assert {sid: st.last_seq for sid, (st, _) in again.items()} == {"s1": 2, "s2": 1}

@@ -86,8 +86,8 @@ def test_a_batch_that_fails_is_admitted_again():
     p = progress()
     p.begin()
     assert [p.admit(0, o, 0.0) for o in (10, 11, 12)] == ["apply"] * 3
-    assert p.next_offset(0) == 13  # as of the batch (written as its marker)
-    # the batch failed before its state was stored: no confirm
+    assert p.next_offset(0) == 10  # a marker may record the batch only once it confirms
+    # the batch failed before its states were staged: no confirm
     p.begin()
     assert p.next_offset(0) == 10
     assert [p.admit(0, o, 0.0) for o in (10, 11, 12)] == ["apply"] * 3
@@ -105,14 +105,14 @@ def test_repositioning_during_a_batch_wins_over_it():
     assert p.next_offset(0) == 4
 
 
-def test_a_partition_revoked_during_a_batch_keeps_its_position_until_the_batch_is_stored():
+def test_a_partition_revoked_during_a_batch_stays_forgotten():
     p = progress()
     p.begin()
     assert p.admit(0, 10, 0.0) == "apply"
     p.forget([0])                    # revoked while the batch is being applied
-    assert p.next_offset(0) == 11    # the batch still writes its states and this position
+    assert p.next_offset(0) is None
     p.confirm()
-    assert p.next_offset(0) is None  # then it is gone
+    assert p.next_offset(0) is None  # the batch's confirm does not bring it back
     p.begin()
     p.forget([0])
     p.reset(0, 11)                   # revoked and assigned back during one batch
