@@ -3,8 +3,9 @@
 utterances (keyed by session_id) -> [validate | consent | window | classify (Triton) | decide | review |
 nudge rules] -> homework-events, session-summaries, nudges, session-opened, dead-letter; per-session state
 in the ``sessions`` Table (changelog-backed); per-client homework history in the ``client_history``
-GlobalTable, fed from the summaries through a topic keyed by client (docs/NUDGES.md). Processing is at-least-once: outputs are sent before the table is written, event
-and summary ids are deterministic, and a redelivered message is recognised by its seq and skipped.
+GlobalTable, fed from the summaries through a topic keyed by client (docs/NUDGES.md). Processing is at-least-once: outputs are on the broker before their batch's
+states are staged, and the staged states are written before each offset commit; event and summary ids
+are deterministic, and a redelivered message is recognised by its seq and skipped.
 
 A batch that cannot be finished is never committed past: the worker blocks its offset commits, its
 /healthz fails, and it stops with exit code 1 for the orchestrator to restart it (``consume_batches``,

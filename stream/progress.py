@@ -1,8 +1,8 @@
 """Where each source partition stands: the next offset the stored state needs. Pure, no I/O.
 
 The sessions table keeps, next to the session states of each ``utterances`` partition, a marker with
-the next offset of that partition to apply (written after the batch's states, to the same changelog
-partition). After a restart the marker, not the group's committed offset, says where to read from:
+the next offset of that partition to apply (written after the states it covers, to the same changelog
+partition, before each offset commit). After a restart the marker, not the group's committed offset, says where to read from:
 the committed offset can be ahead of the state (faust commits offsets it never delivered, see
 docs/RESTARTS.md) or behind it (commits lag). While running, :class:`SourceProgress` admits each
 record exactly in offset order from there: below the marker is already applied, above it is a hole
@@ -81,8 +81,9 @@ class SourceProgress:
 
     A micro-batch is admitted between ``begin`` and ``confirm``: its advances count only once the
     batch's outputs are on the broker and its states are staged for the table (a stored marker then
-    records no more than the confirmed positions). A batch that fails never confirms, and the next ``begin`` starts again
-    from the confirmed positions, so its records are applied when they come again.
+    records no more than the confirmed positions). A batch that fails never confirms, and the next
+    ``begin`` starts again from the confirmed positions, so its records are applied when they come
+    again.
     """
 
     def __init__(self, gap_timeout_s: float, rewind_interval_s: float):
