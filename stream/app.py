@@ -37,6 +37,7 @@ from faust.tables.table import Table as FaustTable
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.transport.drivers.aiokafka import Transport as AIOKafkaTransport
+from faust.types import EventT
 from mode import Worker as ModeWorker
 
 from homework_monitor import logsafe
@@ -232,7 +233,7 @@ class DecodedStates:
     def __init__(self) -> None:
         self._live: dict[str, SessionState] = {}
         self._ended: set[str] = set()  # keys known to hold tombstones: the timer skips them unread
-        self._unwritten: dict[str, tuple[SessionState, object]] = {}  # sid -> (state, its last event)
+        self._unwritten: dict[str, tuple[SessionState, EventT]] = {}  # sid -> (state, its last event)
 
     def clear(self) -> int:
         """Forget everything; the number of unwritten states dropped."""
@@ -242,17 +243,17 @@ class DecodedStates:
         self._unwritten.clear()
         return dropped
 
-    def stage(self, state: SessionState, event: object) -> None:
+    def stage(self, state: SessionState, event: EventT) -> None:
         """A state applied by a finished batch, to be written with ``event``'s partition (its last record)."""
         self._unwritten[state.session_id] = (state, event)
         self.put(state)
 
-    def take_unwritten(self) -> dict[str, tuple[SessionState, object]]:
+    def take_unwritten(self) -> dict[str, tuple[SessionState, EventT]]:
         """The staged states, now to be written (no longer held as unwritten)."""
         taken, self._unwritten = self._unwritten, {}
         return taken
 
-    def restage(self, taken: dict[str, tuple[SessionState, object]]) -> None:
+    def restage(self, taken: dict[str, tuple[SessionState, EventT]]) -> None:
         """States taken for a write that failed: unwritten again, unless a later batch staged newer ones."""
         for sid, entry in taken.items():
             self._unwritten.setdefault(sid, entry)
@@ -312,7 +313,7 @@ class SourceGate:
         self.progress = SourceProgress(settings.source_gap_timeout_s, settings.source_rewind_interval_s)
         self.grace_s = settings.retired_session_grace_s
         self._recorded: dict[int, int] = {}
-        self._last_event: dict[int, object] = {}  # partition -> its latest applied record (a write's partition)
+        self._last_event: dict[int, EventT] = {}  # partition -> its latest applied record (a write's partition)
         self.expiry_due: dict[int, list[str]] = {}
         self._writing = asyncio.Lock()  # one write at a time: each marker follows the states it covers
 
