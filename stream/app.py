@@ -399,12 +399,13 @@ class SourceGate:
             states = self.decoded.take_unwritten()
             positions = {p: self.progress.next_offset(p) for p in self._last_event}
             last_event = dict(self._last_event)
+            now = self.clock()
             try:
                 for sid, (state, event) in states.items():
                     # Each write goes to the changelog partition of the event it names (the session's last
                     # record): take_events does not set a current event per record.
                     with _writing_for(event):
-                        self.table[sid] = table_value(state, event.message.partition, self.clock())
+                        self.table[sid] = table_value(state, event.message.partition, now)
                 for p, e in last_event.items():
                     if self.expiry_due.get(p):
                         with _writing_for(e):

@@ -2,8 +2,8 @@
 
 Outputs and changelog writes are recorded at ``Topic.send``/``send_soon``; changelog futures resolve at
 once, as the broker's acknowledgement would. There is no consumer here: ``app.source_gate.write()``
-stands for what its offset commit does first (write the applied states and the position markers). ``agent.put`` gives records consecutive offsets of
-partition 0; moving the wrapper's ``sent_offset`` back re-sends at offsets already applied.
+stands for what its offset commit does first (write the applied states and the position markers).
+``agent.put`` gives records consecutive offsets of partition 0; moving the wrapper's ``sent_offset`` back re-sends at offsets already applied.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""The worker's decoded-state cache (stream/app.py DecodedStates): serves what the agent applied, reads the table once,
-never holds ended sessions once written, holds applied states until they are written, and forgets
-everything when cleared (partitions assigned or positioned)."""
+"""The worker's decoded-state cache (stream/app.py DecodedStates): serves what the agent applied,
+reads the table once, never holds ended sessions once written, holds applied states until they are
+written, and forgets everything when cleared (partitions assigned or positioned)."""
 from homework_monitor.stream.app import DecodedStates
 from homework_monitor.stream.expiry import with_retirement
 from homework_monitor.stream.progress import marker_key, marker_value
