@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from .schemas import NONE, Assignment, HomeworkEvent, SessionOpened, SessionSummary, stable_id
-from .windowing import Microdialogue, SessionState
+from .windowing import Microdialogue, SessionState, evolve
 
 QUOTE_CHARS = 400
 
@@ -49,7 +49,7 @@ def record_assignment(state: SessionState, event: HomeworkEvent) -> SessionState
         return state  # already recorded: replays stay idempotent
     a = Assignment(turn=event.turn, category=event.category, confidence=event.confidence,
                    start_s=event.start_s, quote=event.quote)
-    return replace(state, assignments=tuple(sorted(state.assignments + (a,), key=lambda x: x.turn)))
+    return evolve(state, assignments=tuple(sorted(state.assignments + (a,), key=lambda x: x.turn)))
 
 
 CATEGORY_TITLES = {"practice": "Practice a skill", "take_action": "Take an action",

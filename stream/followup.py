@@ -12,12 +12,11 @@ history (its own summary among them, on a replay) do not change it. A session is
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
 
 from pydantic import BaseModel, ConfigDict
 
 from .schemas import Assignment, SessionSummary
-from .windowing import SessionState
+from .windowing import SessionState, evolve
 
 # Sessions kept per client. The previous session is the newest one that is not the session asking: after
 # a crash a session can be replayed after its own summary was recorded, so two are kept.
@@ -81,7 +80,7 @@ def with_previous(state: SessionState, history: ClientHistory | None) -> Session
         return state
     prev = previous_session(history, state.session_id)
     if prev is None:
-        return replace(state, previous_checked=True) if state.n_microdialogues > 0 else state
-    return replace(state, previous_checked=True, previous_session_id=prev.session_id,
+        return evolve(state, previous_checked=True) if state.n_microdialogues > 0 else state
+    return evolve(state, previous_checked=True, previous_session_id=prev.session_id,
                    previous_homework=tuple(prev.assignments))
 

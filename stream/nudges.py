@@ -22,12 +22,12 @@ session a ``silence_check`` through its partition, whose processing fires the ru
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import get_args
 
 from .config import Settings
 from .schemas import Nudge, NudgeRule, stable_id
-from .windowing import SessionState
+from .windowing import SessionState, evolve
 
 RULES: tuple[NudgeRule, ...] = get_args(NudgeRule)
 
@@ -104,7 +104,7 @@ def fire(state: SessionState, now: float, cfg: NudgeConfig,
                     previous_assignments=list(state.previous_homework) if rule != "no_homework_yet" else [],
                     emitted_at=emitted_at)
               for rule in rules]
-    return replace(state, nudges_fired=state.nudges_fired + tuple(rules)), nudges
+    return evolve(state, nudges_fired=state.nudges_fired + tuple(rules)), nudges
 
 
 def fire_before_end(state: SessionState, cfg: NudgeConfig, emitted_at: float) -> tuple[SessionState, list[Nudge]]:
@@ -113,8 +113,8 @@ def fire_before_end(state: SessionState, cfg: NudgeConfig, emitted_at: float) ->
     A worker behind its input (or a fast replay) gets the end in the same batch as the utterance that made
     a rule due; nothing is lost, the nudge arrives late."""
     at = state.last_activity_at if state.last_activity_at is not None else emitted_at
-    fired, nudges = fire(replace(state, ended=False), at, cfg, emitted_at)
-    return replace(fired, ended=state.ended), nudges
+    fired, nudges = fire(evolve(state, ended=False), at, cfg, emitted_at)
+    return evolve(fired, ended=state.ended), nudges
 
 
 def check_due(state: SessionState, now: float, cfg: NudgeConfig) -> bool:

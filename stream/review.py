@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
 
 from .schemas import Assignment, Review
-from .windowing import Microdialogue, SessionState
+from .windowing import Microdialogue, SessionState, evolve
 
 QUOTE_CHARS = 400
 # A model's review probability at or above this is a review (used once the model has the output).
@@ -152,4 +151,4 @@ def record_reviews(state: SessionState, mds: Iterable[Microdialogue],
             reviews[r.turn] = r
     if len(reviews) == len(state.reviews):
         return state
-    return replace(state, reviews=tuple(sorted(reviews.values(), key=lambda r: r.turn)))
+    return evolve(state, reviews=tuple(sorted(reviews.values(), key=lambda r: r.turn)))

@@ -185,7 +185,16 @@ def _allow_constant(name: str) -> float:
     return float(name)  # "NaN", "Infinity", "-Infinity"
 
 
+# Built once: json.loads with hooks builds a new decoder on every call.
+_DECODERS = {allow_non_finite: json.JSONDecoder(
+    parse_float=_finite_float, parse_int=_bounded_int,
+    parse_constant=_allow_constant if allow_non_finite else _no_constants) for allow_non_finite in (False, True)}
+
+
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# Text decoded from UTF-8 holds no surrogate, so the parsed object can only get one from a JSON escape
+# \uD800-\uDFFF: without such an escape in the text the walk over every string is skipped.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def _first_lone_surrogate(obj: object) -> str | None:
@@ -220,8 +229,7 @@ def decode_json_object(data: bytes, *, max_bytes: int, allow_non_finite: bool = 
     if nesting_depth_exceeds(text):
         return Rejected("too_deep", f"nested deeper than {MAX_JSON_DEPTH} levels")
     try:
-        obj = json.loads(text, parse_float=_finite_float, parse_int=_bounded_int,
-                         parse_constant=_allow_constant if allow_non_finite else _no_constants)
+        obj = _DECODERS[allow_non_finite].decode(text)
     except _Refuse as exc:
         return exc.rejected
     except RecursionError:  # the depth scan should have caught it; the parser's own guard is the last line
@@ -230,7 +238,7 @@ def decode_json_object(data: bytes, *, max_bytes: int, allow_non_finite: bool = 
         return Rejected("malformed_json", f"not JSON: {type(exc).__name__} at pos {getattr(exc, 'pos', '?')}")
     if not isinstance(obj, dict):
         return Rejected("malformed_json", f"expected a JSON object, got {type(obj).__name__}")
-    field = _first_lone_surrogate(obj)
+    field = _first_lone_surrogate(obj) if _SURROGATE_ESCAPE.search(text) else None
     if field is not None:
         return Rejected("invalid_encoding", f"{_safe_name(field)}: lone surrogate, not encodable as UTF-8")
     return obj

@@ -10,13 +10,36 @@ fake clock. State is a frozen dataclass that round-trips through JSON for the Fa
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
-from dataclasses import dataclass, fields, replace
-from typing import Literal
+from dataclasses import dataclass, fields
+from typing import Literal, TypeVar
 
 from homework_monitor.contract import Example
 
 from .schemas import Assignment, Review, SessionEnd, SessionStart, SilenceCheck, Turn, Utterance
+
+_Frozen = TypeVar("_Frozen")
+
+
+@functools.cache
+def _field_names(cls: type) -> frozenset[str]:
+    return frozenset(f.name for f in fields(cls))
+
+
+def evolve(obj: _Frozen, **changes) -> _Frozen:
+    """``dataclasses.replace`` for the frozen state classes of the pure core, at a fraction of its cost.
+
+    ``replace`` re-runs ``__init__``, which sets every field through ``object.__setattr__`` (27 of them
+    for a ``SessionState``); the worker rebuilds states several times per utterance, and that was the
+    largest single cost of its own work (``benchmarks/stream_path.py``). This copies the instance's
+    ``__dict__`` instead, which is the same result for these classes: frozen dataclasses with no
+    ``__post_init__``, no ``InitVar`` and no slots. Unknown names are refused, as ``replace`` does."""
+    if not changes.keys() <= _field_names(type(obj)):
+        raise TypeError(f"{type(obj).__name__} has no field(s) {sorted(changes.keys() - _field_names(type(obj)))}")
+    new = object.__new__(type(obj))
+    new.__dict__.update(obj.__dict__, **changes)
+    return new
 
 
 @dataclass(frozen=True)
@@ -29,7 +52,7 @@ class WindowTurn:
     end_s: float | None
 
     def extended(self, u: Utterance) -> WindowTurn:
-        return replace(self, text=f"{self.text} {u.text}".strip(), last_seq=u.seq,
+        return evolve(self, text=f"{self.text} {u.text}".strip(), last_seq=u.seq,
                        end_s=u.end_s if u.end_s is not None else self.end_s)
 
     @classmethod
@@ -169,7 +192,7 @@ def _close_open_turn(s: SessionState, cfg: WindowConfig, now: float) -> tuple[Se
     else:
         history += (turn,)
     keep = max(cfg.context_turns, 1)
-    s = replace(s, open_turn=None, history=history[-keep:], pending_therapist=pending,
+    s = evolve(s, open_turn=None, history=history[-keep:], pending_therapist=pending,
                 pending_context=pending_ctx, n_microdialogues=s.n_microdialogues + len(out))
     return s, out
 
@@ -178,7 +201,7 @@ def _flush_pending(s: SessionState, now: float) -> tuple[SessionState, list[Micr
     if s.pending_therapist is None:
         return s, []
     md = Microdialogue(s.session_id, s.pending_context, s.pending_therapist, None, now)
-    return replace(s, history=(s.history + (s.pending_therapist,)), pending_therapist=None,
+    return evolve(s, history=(s.history + (s.pending_therapist,)), pending_therapist=None,
                    pending_context=(), n_microdialogues=s.n_microdialogues + 1), [md]
 
 
@@ -190,7 +213,7 @@ def _meta(m: Utterance | SessionStart) -> dict:
 
 
 def _with_meta(s: SessionState, m: Utterance | SessionStart) -> SessionState:
-    return replace(s, **_meta(m))
+    return evolve(s, **_meta(m))
 
 
 def apply_utterance(s: SessionState, u: Utterance, now: float, cfg: WindowConfig) -> Step:
@@ -198,8 +221,7 @@ def apply_utterance(s: SessionState, u: Utterance, now: float, cfg: WindowConfig
         return Step(s, outcome="duplicate")  # redelivery: at-least-once input, idempotent state
     if s.ended:
         return Step(s, outcome="late")
-    # One replace for the bookkeeping and, when the speaker continues, the turn (a 27-field state is
-    # rebuilt on every replace, once per utterance).
+    # One rebuild for the bookkeeping and, when the speaker continues, the turn.
     update = _meta(u)
     update.update(missing_utterances=s.missing_utterances + (u.seq - s.last_seq - 1),
                   last_seq=u.seq, n_utterances=s.n_utterances + 1, last_activity_at=now,
@@ -207,10 +229,10 @@ def apply_utterance(s: SessionState, u: Utterance, now: float, cfg: WindowConfig
                   last_time_s=u.end_s if u.end_s is not None else (u.start_s if u.start_s is not None
                                                                  else s.last_time_s))
     if s.open_turn is not None and s.open_turn.speaker == u.speaker:
-        return Step(replace(s, open_turn=s.open_turn.extended(u), **update))
-    s, out = _close_open_turn(replace(s, **update), cfg, now)
-    out = [replace(md, trigger_seq=u.seq) for md in out]
-    return Step(replace(s, open_turn=WindowTurn.of(u)), tuple(out))
+        return Step(evolve(s, open_turn=s.open_turn.extended(u), **update))
+    s, out = _close_open_turn(evolve(s, **update), cfg, now)
+    out = [evolve(md, trigger_seq=u.seq) for md in out]
+    return Step(evolve(s, open_turn=WindowTurn.of(u)), tuple(out))
 
 
 def apply_silence_check(s: SessionState, at: float, cfg: WindowConfig) -> Step:
@@ -227,7 +249,7 @@ def apply_session_end(s: SessionState, end: SessionEnd, now: float, cfg: WindowC
     s, out = _close_open_turn(s, cfg, now)
     s, more = _flush_pending(s, now)
     missing = s.missing_utterances + max(0, end.n_utterances - (s.last_seq + 1))
-    return Step(replace(s, ended=True, missing_utterances=missing,
+    return Step(evolve(s, ended=True, missing_utterances=missing,
                         last_time_s=end.end_s if end.end_s is not None else s.last_time_s),
                 tuple(out + more), outcome="control", ended_now=True)
 
@@ -245,7 +267,7 @@ def apply_message(s: SessionState | None, msg, now: float, cfg: WindowConfig) ->
         return apply_utterance(s, msg, now, cfg)
     if isinstance(msg, SessionStart):
         consent = msg.consent if msg.consent is not None else s.consent
-        return Step(replace(_with_meta(s, msg), consent=consent), outcome="control")
+        return Step(evolve(_with_meta(s, msg), consent=consent), outcome="control")
     if isinstance(msg, SessionEnd):
         return apply_session_end(s, msg, now, cfg)
     if isinstance(msg, SilenceCheck):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import get_args
 
 import pytest
@@ -18,7 +19,14 @@ from homework_monitor.stream.schemas import (
     SilenceCheck,
     Utterance,
 )
-from homework_monitor.stream.validation import Err, Ok, parse_inbound
+from homework_monitor.stream.validation import (
+    Err,
+    Ok,
+    Rejected,
+    _first_lone_surrogate,
+    decode_json_object,
+    parse_inbound,
+)
 
 LIMIT = 200
 SECRET = "Zebra-Quartz my sister's name is Philippa"  # distinctive text that must never leak
@@ -185,6 +193,7 @@ def test_brackets_inside_strings_are_not_nesting():
     utterance(text="I said \udfff that"),                                 # a dict record holding it
     json.dumps(utterance(therapist_id="th-\udc80")).encode(),            # in another field
     json.dumps({**utterance(), "\udc80": 1}).encode(),                    # in a key
+    json.dumps(utterance(text="I said \udc80 that")).replace("\\udc80", "\\uDC80").encode(),  # upper case
 ])
 def test_lone_surrogate_is_dead_lettered(raw):
     d = dead(raw)
@@ -343,6 +352,23 @@ def _check(result, limit):
     elif isinstance(result.message, Utterance):
         assert len(result.message.text) <= limit
         result.message.model_dump_json().encode("utf-8")  # round-trips: the classifier can send it
+
+
+@hypothesis_settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(json_values, st.booleans(), st.booleans())
+def test_lone_surrogates_are_found_wherever_the_escapes_are(value, ensure_ascii, upper):
+    # The walk over every string runs only where the text has a surrogate escape: check that it
+    # refuses exactly what the full walk (the oracle) finds, escapes in any case or as raw characters.
+    text = json.dumps({"v": value}, ensure_ascii=ensure_ascii)
+    if upper:
+        text = re.sub(r"\\u([0-9a-f]{4})", lambda m: "\\u" + m.group(1).upper(), text)
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:
+        return  # a raw lone surrogate: not UTF-8, refused before any parsing (tested above)
+    result = decode_json_object(data, max_bytes=1 << 20)
+    has_surrogate = _first_lone_surrogate(json.loads(text)) is not None
+    assert (isinstance(result, Rejected) and result.reason == "invalid_encoding") == has_surrogate
 
 
 @hypothesis_settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

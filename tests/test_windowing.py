@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import pytest
 from hypothesis import given
@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from homework_monitor.stream.schemas import Assignment, SessionEnd, Utterance
 from homework_monitor.stream.windowing import (
+    Microdialogue,
     SessionState,
     WindowConfig,
     WindowTurn,
@@ -18,6 +19,7 @@ from homework_monitor.stream.windowing import (
     apply_session_end,
     apply_silence_check,
     apply_utterance,
+    evolve,
     window_session,
 )
 from tests.conftest import FakeClock, run_messages
@@ -277,6 +279,28 @@ def test_fresh_and_ended_states_round_trip(utterance_factory):
     ended, _, _ = run_messages([s.therapist("x"), s.end()], CFG)
     for state in (SessionState(session_id="s9"), ended):
         assert SessionState.from_json(json.loads(json.dumps(state.to_json()))) == state
+
+
+def test_evolve_equals_dataclasses_replace(utterance_factory):
+    state = _rich_state(utterance_factory)
+    changes = {"last_seq": 41, "open_turn": None, "nudges_fired": ("late_homework",), "ended": True}
+    evolved = evolve(state, **changes)
+    assert evolved == replace(state, **changes) and type(evolved) is SessionState
+    assert evolve(state) == state and evolve(state) is not state
+    assert state.last_seq != 41  # the original is unchanged
+    md = Microdialogue("s1", (), state.history[0], None, 1.0)
+    assert evolve(md, trigger_seq=7) == replace(md, trigger_seq=7)
+    assert evolve(state.history[0], text="x") == replace(state.history[0], text="x")
+
+
+def test_evolve_refuses_unknown_fields_and_its_premise_holds():
+    with pytest.raises(TypeError, match="no field"):
+        evolve(SessionState(session_id="s1"), last_sequence=3)
+    # evolve copies __dict__ instead of running __init__: right only for classes whose __init__ just
+    # sets the fields (no __post_init__, no InitVar, no slots).
+    for cls in (SessionState, WindowTurn, Microdialogue):
+        assert not hasattr(cls, "__post_init__") and "__slots__" not in cls.__dict__
+        assert set(cls.__dataclass_fields__) == {f.name for f in fields(cls)}
 
 
 def test_apply_message_rejects_unknown_message_types():
