@@ -10,7 +10,6 @@ fake clock. State is a frozen dataclass that round-trips through JSON for the Fa
 """
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from typing import Literal, TypeVar
@@ -22,9 +21,14 @@ from .schemas import Assignment, Review, SessionEnd, SessionStart, SilenceCheck,
 _Frozen = TypeVar("_Frozen")
 
 
-@functools.cache
+_FIELD_NAMES: dict[type, frozenset[str]] = {}
+
+
 def _field_names(cls: type) -> frozenset[str]:
-    return frozenset(f.name for f in fields(cls))
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = frozenset(f.name for f in fields(cls))
+    return names
 
 
 def evolve(obj: _Frozen, **changes) -> _Frozen:
