@@ -326,7 +326,7 @@ def test_gpu_script_dry_run_on_cpu(tmp_path):
     assert failed.returncode == 2 and f"{parts[1].name}: FAILED" in failed.stdout, failed.stdout
     mpnet = _tiny_mpnet(tmp_path / "mpnet")
     out = tmp_path / "out"
-    env = {**os.environ, "PY": f"{sys.executable} -P", "CONFIG": "smoke", "DEVICE": "cpu", "SKIP_WHL": "1",
+    env = {**os.environ, "PY": f"{sys.executable} -P", "CONFIG": "smoke", "DEVICE": "cpu", "SKIP_WHL": "1", "STREAM_THREADS": "1",
            "LABELS": str(FIXTURES / "labels"), "MPNET": str(mpnet), "OUT": str(out),
            "STAGE_DIR": str(tmp_path / "stage"), "CARRIED": str(tmp_path / "none"), "UNPACK": str(tmp_path / "unpack"), "WORK": str(tmp_path / "w")}
     done = subprocess.run(["bash", "training/gpu_run_v2.sh"], cwd=ROOT, env=env, capture_output=True, text=True)
