@@ -70,9 +70,12 @@ def run_stub_worker() -> None:
     from faust import Worker
 
     from homework_monitor import logsafe
-    from homework_monitor.stream.app import create_app
+    from homework_monitor.stream import app as worker_app
     from homework_monitor.stream.config import Settings
     settings = Settings()
+    if hasattr(worker_app, "use_event_loop"):  # a revision before it (stream_path_ab.sh) ran on asyncio's loop
+        worker_app.use_event_loop(settings)
+    create_app = worker_app.create_app
     logsafe.install()
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s %(message)s")
     app = create_app(settings, classifier=HashStubClassifier())

@@ -484,7 +484,8 @@ def create_app(settings: Settings, classifier: Classifier | None = None,
         topic_partitions=settings.topic_partitions, **table_options(settings),
         broker_session_timeout=settings.broker_session_timeout_s, broker_commit_interval=settings.commit_interval_s,
         processing_guarantee="at_least_once", web_enabled=False,
-        producer_acks=-1, topic_disable_leader=True,
+        producer_acks=-1, producer_linger=settings.producer_linger_s,
+        broker_max_poll_records=settings.consumer_max_poll_records, topic_disable_leader=True,
         datadir=str(settings.run_dir / f"faust-{settings.worker_id}"))
     classifier = classifier or TritonClassifier(settings)
     utterances = app.topic(t.utterances, key_type=bytes, value_type=bytes,
@@ -639,6 +640,7 @@ def create_app(settings: Settings, classifier: Classifier | None = None,
 
     @app.task
     async def on_start():
+        log.info("event loop: %s", type(asyncio.get_running_loop()).__module__)
         try:
             await classifier.start()
         except (ClassifierUnavailable, ContractMismatch) as exc:  # our messages: configuration, no text
@@ -772,8 +774,18 @@ def _observe(result) -> None:
         metrics.LATENCY.observe(lat)
 
 
+def use_event_loop(settings: Settings) -> None:
+    """The worker's event loop (``HWM_EVENT_LOOP``), chosen through mode's own hook before anything
+    creates a loop (faust's consumer thread creates its own from the same policy). The ``faust -A``
+    path chooses with its ``--loop`` option instead."""
+    if settings.event_loop == "uvloop":
+        import mode.loop
+        mode.loop.use("uvloop")
+
+
 def run_worker(settings: Settings) -> None:
     """Entry point of ``homework-monitor worker``: the Faust worker (metrics on its own port, no web UI)."""
+    use_event_loop(settings)
     logging.basicConfig(level=settings.log_level,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     worker_app = create_app(settings)

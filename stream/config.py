@@ -102,6 +102,12 @@ class Settings(BaseSettings):
     # tansu answers a fetch only when its max wait expires, even if data arrives meanwhile (measured:
     # p50 389 ms at 1500 ms vs 8 ms at 20 ms). Apache Kafka wakes on data; 500 is fine there.
     consumer_fetch_max_wait_ms: int = Field(20, ge=1)
+    # Records per hand-over from the consumer's fetching thread to the agents (faust's
+    # broker_max_poll_records; unbounded by default there), and how long the producer gathers output
+    # and changelog records into one request (faust's producer_linger). Measured together at max
+    # rate: docs/SCALING.md, section 2.
+    consumer_max_poll_records: int = Field(2000, ge=1)
+    producer_linger_s: float = Field(0.005, ge=0, le=0.1)
 
     # Classifier service.
     triton_url: str = "127.0.0.1:8001"
@@ -125,6 +131,10 @@ class Settings(BaseSettings):
     # once per interval however many utterances it got. A worker killed without notice applies up
     # to this much of its input again (same event and summary ids); a graceful stop writes all.
     commit_interval_s: float = Field(1.0, gt=0)
+    # The worker's event loop. Faust's path from fetch to agent is callbacks and queues, and uvloop
+    # runs them in C: about 1.3x the stream path's rate per worker (docs/SCALING.md, section 2).
+    # "asyncio" is the standard library's loop (also where uvloop is not installed: Windows).
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     # Replay sends an utterance when it starts, so a long turn already looks like ~10 s of silence.
     silence_flush_s: float = Field(20.0, gt=0)
     silence_check_interval_s: float = Field(1.0, gt=0)

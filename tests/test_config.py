@@ -109,3 +109,32 @@ def test_the_worker_opens_its_tables_with_those_options(settings_factory, tmp_pa
     for table in (app.sessions_table, app.client_history_table):
         assert table.data.rocksdb_options.write_buffer_size == 4 * 1024 * 1024
         assert table.data.rocksdb_options.block_cache_size == 8 * 1024 * 1024
+
+
+@pytest.mark.parametrize(("choice", "loop_module"), [("uvloop", "uvloop"), ("asyncio", "asyncio.unix_events")])
+def test_the_worker_runs_on_the_event_loop_its_settings_name(settings_factory, choice, loop_module):
+    import asyncio
+
+    from homework_monitor.stream.app import use_event_loop
+    before = asyncio.get_event_loop_policy()
+    try:
+        use_event_loop(settings_factory(event_loop=choice))
+        loop = asyncio.new_event_loop()  # how faust's consumer thread gets its own
+        assert type(loop).__module__ == loop_module
+        loop.close()
+    finally:
+        asyncio.set_event_loop_policy(before)
+
+
+def test_an_unknown_event_loop_is_refused(settings_factory, monkeypatch):
+    monkeypatch.setenv("HWM_EVENT_LOOP", "trio")
+    with pytest.raises(ValidationError):
+        settings_factory()
+
+
+def test_the_worker_batches_its_fetches_and_produce_requests_as_set(settings_factory, tmp_path):
+    from homework_monitor.stream.app import create_app
+    app = create_app(settings_factory(run_dir=tmp_path, producer_linger_s=0.01, consumer_max_poll_records=500),
+                     serve_metrics=False)
+    assert app.conf.producer_linger == 0.01 and app.producer.linger_ms == 10
+    assert app.conf.broker_max_poll_records == 500

@@ -95,6 +95,7 @@ def test_bad_input_goes_to_dead_letter_and_the_worker_keeps_running(live_stack, 
     assert live_stack.services["worker-1"].is_running
     log = (live_stack.log_dir / "worker-1.log").read_text()
     assert "a line from nobody" not in log and "no seq here" not in log  # no transcript text in logs
+    assert "event loop: uvloop" in log  # HWM_EVENT_LOOP's default, through `homework-monitor worker`
 
 
 def test_metrics_scrape_worker_and_triton(live_stack, replayed):
