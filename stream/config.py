@@ -132,7 +132,7 @@ class Settings(BaseSettings):
     # to this much of its input again (same event and summary ids); a graceful stop writes all.
     commit_interval_s: float = Field(1.0, gt=0)
     # The worker's event loop. Faust's path from fetch to agent is callbacks and queues, and uvloop
-    # runs them in C: about 1.3x the stream path's rate per worker (docs/SCALING.md, section 2).
+    # runs them in C: about 1.2x the stream path's rate per worker alone (docs/SCALING.md, section 2).
     # "asyncio" is the standard library's loop (also where uvloop is not installed: Windows).
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     # Replay sends an utterance when it starts, so a long turn already looks like ~10 s of silence.

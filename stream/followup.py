@@ -82,5 +82,5 @@ def with_previous(state: SessionState, history: ClientHistory | None) -> Session
     if prev is None:
         return evolve(state, previous_checked=True) if state.n_microdialogues > 0 else state
     return evolve(state, previous_checked=True, previous_session_id=prev.session_id,
-                   previous_homework=tuple(prev.assignments))
+                  previous_homework=tuple(prev.assignments))
 

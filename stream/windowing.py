@@ -57,7 +57,7 @@ class WindowTurn:
 
     def extended(self, u: Utterance) -> WindowTurn:
         return evolve(self, text=f"{self.text} {u.text}".strip(), last_seq=u.seq,
-                       end_s=u.end_s if u.end_s is not None else self.end_s)
+                      end_s=u.end_s if u.end_s is not None else self.end_s)
 
     @classmethod
     def of(cls, u: Utterance) -> WindowTurn:
@@ -197,7 +197,7 @@ def _close_open_turn(s: SessionState, cfg: WindowConfig, now: float) -> tuple[Se
         history += (turn,)
     keep = max(cfg.context_turns, 1)
     s = evolve(s, open_turn=None, history=history[-keep:], pending_therapist=pending,
-                pending_context=pending_ctx, n_microdialogues=s.n_microdialogues + len(out))
+               pending_context=pending_ctx, n_microdialogues=s.n_microdialogues + len(out))
     return s, out
 
 
@@ -206,7 +206,7 @@ def _flush_pending(s: SessionState, now: float) -> tuple[SessionState, list[Micr
         return s, []
     md = Microdialogue(s.session_id, s.pending_context, s.pending_therapist, None, now)
     return evolve(s, history=(s.history + (s.pending_therapist,)), pending_therapist=None,
-                   pending_context=(), n_microdialogues=s.n_microdialogues + 1), [md]
+                  pending_context=(), n_microdialogues=s.n_microdialogues + 1), [md]
 
 
 SESSION_META = ("therapist_id", "client_id", "program_id", "scheduled_minutes")
@@ -254,7 +254,7 @@ def apply_session_end(s: SessionState, end: SessionEnd, now: float, cfg: WindowC
     s, more = _flush_pending(s, now)
     missing = s.missing_utterances + max(0, end.n_utterances - (s.last_seq + 1))
     return Step(evolve(s, ended=True, missing_utterances=missing,
-                        last_time_s=end.end_s if end.end_s is not None else s.last_time_s),
+                       last_time_s=end.end_s if end.end_s is not None else s.last_time_s),
                 tuple(out + more), outcome="control", ended_now=True)
 
 
