@@ -354,8 +354,16 @@ def _check(result, limit):
         result.message.model_dump_json().encode("utf-8")  # round-trips: the classifier can send it
 
 
+# Strings of code points on both sides of the surrogate block's edges (U+D7F0..U+E010), in any nesting.
+near_surrogates = st.recursive(
+    st.text(alphabet=st.characters(min_codepoint=0xD7F0, max_codepoint=0xE010, codec=None) | st.sampled_from('a\\"u'),
+            max_size=6),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+    max_leaves=8)
+
+
 @hypothesis_settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(json_values, st.booleans(), st.booleans())
+@given(json_values | near_surrogates, st.booleans(), st.booleans())
 def test_lone_surrogates_are_found_wherever_the_escapes_are(value, ensure_ascii, upper):
     # The walk over every string runs only where the text has a surrogate escape: check that it
     # refuses exactly what the full walk (the oracle) finds, escapes in any case or as raw characters.
@@ -367,8 +375,10 @@ def test_lone_surrogates_are_found_wherever_the_escapes_are(value, ensure_ascii,
     except UnicodeEncodeError:
         return  # a raw lone surrogate: not UTF-8, refused before any parsing (tested above)
     result = decode_json_object(data, max_bytes=1 << 20)
+    if isinstance(result, Rejected) and result.reason != "invalid_encoding":
+        return  # refused while parsing (NaN, a huge integer): the surrogate check never ran
     has_surrogate = _first_lone_surrogate(json.loads(text)) is not None
-    assert (isinstance(result, Rejected) and result.reason == "invalid_encoding") == has_surrogate
+    assert isinstance(result, Rejected) == has_surrogate
 
 
 @hypothesis_settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
