@@ -404,6 +404,15 @@ def test_rows_are_compared_with_the_served_model_on_what_it_never_trained_on(ctx
     assert quiet["row"]["live_turns"]["predicted"] == 0 and quiet["row"]["session"]["recall"] == 0
     assert quiet["row"]["live_turns"]["positives"] == same["served"]["live_turns"]["positives"] > 0
     assert softmax(silent, 1.0).argmax(1).tolist() == [CLASSES.index("none")] * len(ctx.real)
+    # The live-turn curve: its point at the served threshold is the table's figure, and fewer turns fire
+    # as the threshold rises.
+    for side in ("served", "row"):
+        curve = same[side]["live_turns_curve"]
+        assert [c["threshold"] for c in curve] == list(table1_v2.LIVE_CURVE_THRESHOLDS)
+        at = next(c for c in curve if c["threshold"] == same["threshold"])
+        assert {k: at[k] for k in same[side]["live_turns"]} == same[side]["live_turns"]
+        assert all(a["predicted"] >= b["predicted"] for a, b in zip(curve, curve[1:]))
+    assert all(c["predicted"] == 0 for c in quiet["row"]["live_turns_curve"])
 
 
 @pytest.mark.slow
@@ -420,3 +429,80 @@ def test_a_cpu_row_exports_a_served_artifact(tmp_path):
     assert probs.shape == (1, len(CLASSES)) and np.isclose(probs.sum(), 1.0)
     with pytest.raises(SystemExit, match="--export-row"):
         table1_v2.main([*args, "--rows", "", "--export-row", "tfidf_lr_v2", str(tmp_path / "no")])
+
+
+# --- the row that continues the served model ---------------------------------------------------------
+def _git(repo: Path, *args: str, data: bytes | None = None) -> str:
+    return subprocess.run(["git", *args], cwd=repo, input=data, capture_output=True, check=True).stdout.decode().strip()
+
+
+def test_served_checkpoint_is_read_from_git_history_by_blob_id_and_never_half_written(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    contents = {"encoder/config.json": b'{"hidden_size": 4}', "head.safetensors": b"head bytes"}
+    blobs = {rel: _git(repo, "hash-object", "-w", "--stdin", data=data) for rel, data in contents.items()}
+    out = table1_v2.served_checkpoint(tmp_path / "work", blobs, repo)
+    assert {rel: (out / rel).read_bytes() for rel in contents} == contents
+    assert table1_v2.served_checkpoint(tmp_path / "work", blobs, repo) == out  # written once, then reused
+
+    missing = {**blobs, "encoder/model.safetensors": "0" * 40}  # a blob this history does not hold
+    with pytest.raises(table1_v2.RowSkipped, match="not in this clone's git history"):
+        table1_v2.served_checkpoint(tmp_path / "other", missing, repo)
+    assert not (tmp_path / "other").exists() or not any((tmp_path / "other").iterdir())
+    with pytest.raises(table1_v2.RowSkipped, match="encoder/config.json"):  # not a git checkout at all
+        table1_v2.served_checkpoint(tmp_path / "third", blobs, tmp_path / "work")
+
+
+def test_fine_tuning_can_start_from_a_trained_head(tmp_path):
+    from safetensors.torch import save_file
+
+    from homework_monitor.model import Head, base_encoder_path
+    from homework_monitor.training.finetune import FinetuneConfig, finetune
+    torch.manual_seed(1)
+    trained = Head(384 * 2, 256, len(CLASSES), 0.2)
+    save_file(trained.state_dict(), str(tmp_path / "head.safetensors"))
+    ex = [Example(therapist="Try writing it down tonight.", client="Okay.")] * 4
+    y, w = np.zeros(4, int), np.ones(4)
+    cfg = FinetuneConfig(epochs=1, max_steps=0, batch_size=2)  # no step: the model as it starts
+    started = finetune(base_encoder_path(), ex, y, w, ("pair", "therapist"), "mean", cfg, len(CLASSES),
+                       head_init=tmp_path / "head.safetensors", review=np.full(4, np.nan))
+    assert all(torch.equal(a, b) for a, b in zip(started.class_head.state_dict().values(),
+                                                  trained.state_dict().values()))
+    fresh = finetune(base_encoder_path(), ex, y, w, ("pair", "therapist"), "mean", cfg, len(CLASSES))
+    assert not torch.equal(fresh.class_head.state_dict()["net.1.weight"], trained.state_dict()["net.1.weight"])
+
+
+def test_the_served_checkpoint_in_history_is_the_served_model(tmp_path):
+    """The start of ``minilm_served_further_v2`` gives the served ONNX model's probabilities."""
+    blob = table1_v2.SERVED_CHECKPOINT_BLOBS["encoder/model.safetensors"]
+    if subprocess.run(["git", "cat-file", "-e", blob], cwd=Path(table1_v2.__file__).parent).returncode != 0:
+        pytest.skip("a shallow clone: the served checkpoint's history is not here")
+    from safetensors.torch import load_file
+
+    from homework_monitor.runtime import OnnxClassifier
+    from homework_monitor.training.finetune import FinetuneConfig, FinetunedModel
+    from homework_monitor.triton_models import SERVED_ARTIFACT
+    start = table1_v2.served_checkpoint(tmp_path)
+    model = FinetunedModel(start / "encoder", table1_v2.FT_VIEWS, "mean", FinetuneConfig(), len(CLASSES), "cpu")
+    model.class_head.load_state_dict(load_file(str(start / "head.safetensors")))
+    model.eval()
+    served = OnnxClassifier(SERVED_ARTIFACT)
+    ex = [Example(therapist="Try writing down three things each night before bed.", client="Okay, I can do that."),
+          Example(therapist="How are you feeling today?", client="Not great."),
+          Example(therapist="Maybe read that chapter on anxiety this week.", client="Sure.")]
+    with torch.no_grad():
+        logits = model(ex).float().numpy() / served.spec.temperature
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    assert np.abs(probs - served.predict_proba(ex)).max() < 1e-4
+
+
+def test_the_no_context_row_reads_the_same_features_less_the_context_view(ctx):
+    """The context ablation differs from the frozen row only in the view it leaves out."""
+    with_ctx = table1_v2.row_minilm_frozen_v2(ctx)
+    without = table1_v2.row_minilm_frozen_v2_no_context(ctx)
+    assert tuple(with_ctx[2]["views"]) == ("pair", "therapist", "context")
+    assert tuple(without[2]["views"]) == ("pair", "therapist")
+    assert without[0].shape == with_ctx[0].shape and without[1].shape == with_ctx[1].shape
+    assert not np.allclose(without[0], with_ctx[0])  # the context view changes what the head reads

@@ -76,13 +76,18 @@ class FinetunedModel(nn.Module):
 def finetune(encoder_path: Path, examples: Sequence[Example], y: np.ndarray, sample_weight: np.ndarray,
              views: Sequence[str], pooling: str, cfg: FinetuneConfig, n_classes: int,
              device: str = "cpu", progress: bool = False, review: np.ndarray | None = None,
-             soft: np.ndarray | None = None) -> FinetunedModel:
+             soft: np.ndarray | None = None, head_init: Path | None = None) -> FinetunedModel:
     """Fine-tune end to end. ``review``: 0/1 per item, NaN where not annotated (adds the review output);
-    ``soft``: [n, n_classes] target probabilities per item, NaN rows where the hard ``y`` applies."""
+    ``soft``: [n, n_classes] target probabilities per item, NaN rows where the hard ``y`` applies;
+    ``head_init``: a trained 5-class head (safetensors of ``Head``) to start from instead of random
+    weights, for continuing a fine-tuned model whose encoder is ``encoder_path``."""
     from tqdm import tqdm
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     model = FinetunedModel(encoder_path, views, pooling, cfg, n_classes, device, review_head=review is not None)
+    if head_init is not None:
+        from safetensors.torch import load_file
+        model.class_head.load_state_dict(load_file(str(head_init), device=device))
     model.enc.model.train()
     opt = torch.optim.AdamW([{"params": model.enc.model.parameters(), "lr": cfg.lr_encoder},
                              {"params": model.head.parameters(), "lr": cfg.lr_head}], weight_decay=0.01)
