@@ -482,6 +482,7 @@ def test_the_served_checkpoint_in_history_is_the_served_model(tmp_path):
 
     from homework_monitor.runtime import OnnxClassifier
     from homework_monitor.training.finetune import FinetuneConfig, FinetunedModel
+    from homework_monitor.training.head import softmax
     from homework_monitor.triton_models import SERVED_ARTIFACT
     start = table1_v2.served_checkpoint(tmp_path)
     model = FinetunedModel(start / "encoder", table1_v2.FT_VIEWS, "mean", FinetuneConfig(), len(CLASSES), "cpu")
@@ -492,9 +493,7 @@ def test_the_served_checkpoint_in_history_is_the_served_model(tmp_path):
           Example(therapist="How are you feeling today?", client="Not great."),
           Example(therapist="Maybe read that chapter on anxiety this week.", client="Sure.")]
     with torch.no_grad():
-        logits = model(ex).float().numpy() / served.spec.temperature
-    probs = np.exp(logits - logits.max(1, keepdims=True))
-    probs /= probs.sum(1, keepdims=True)
+        probs = softmax(model(ex).float().numpy(), served.spec.temperature)
     assert np.abs(probs - served.predict_proba(ex)).max() < 1e-4
 
 
