@@ -8,7 +8,7 @@ fold k's items are decided by thresholds chosen on the other folds' out-of-fold 
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from sklearn.metrics import f1_score
@@ -144,8 +144,12 @@ def cross_fitted(probs: np.ndarray, y: np.ndarray, folds: np.ndarray,
     return pred, chosen
 
 
+def fires_curve(truth: np.ndarray, probs: np.ndarray, thresholds: Sequence[float]) -> list[dict]:
+    """Live events (``fires``) against ``truth`` at each single event threshold."""
+    return [{"threshold": float(t), **binary_metrics(truth, fires(probs, t))} for t in thresholds]
+
+
 def homework_curve(probs: np.ndarray, y: np.ndarray, grid: np.ndarray = THRESHOLD_GRID) -> list[dict]:
     """Homework-vs-none precision/recall/F1 at each single event threshold."""
-    return [{"threshold": float(t), **{k: v for k, v in binary_metrics(
-        y != NONE_IDX, event_labels(probs, _same(t)) != NONE_IDX).items() if k in ("precision", "recall", "f1")}}
-        for t in grid]
+    return [{k: v for k, v in point.items() if k in ("threshold", "precision", "recall", "f1")}
+            for point in fires_curve(y != NONE_IDX, probs, grid)]

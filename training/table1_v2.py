@@ -84,6 +84,7 @@ from .metrics import (
     classification_metrics,
     cross_fitted,
     fires,
+    fires_curve,
     homework_curve,
     item_scores,
 )
@@ -577,6 +578,9 @@ def served_reference(ctx: V2Context, artifact: Path) -> dict:
     return ref
 
 
+LIVE_CURVE_THRESHOLDS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9)
+
+
 def against_served(ctx: V2Context, res: RowResult, ref: dict) -> dict:
     """A row's out-of-fold figures beside the served model's, on what the served model never trained on:
     the scored items outside real_dev, and the sessions_dev sessions none of whose items are in real_dev.
@@ -597,13 +601,8 @@ def against_served(ctx: V2Context, res: RowResult, ref: dict) -> dict:
                      "session": session_level(sub, sessions[unseen], threshold),
                      "live_turns": binary_metrics(ctx.turn_truth[unseen], fires(sessions[unseen], threshold)),
                      # models fire at different rates: compare live precision at equal recall, not equal threshold
-                     "live_turns_curve": [{"threshold": t, **binary_metrics(ctx.turn_truth[unseen],
-                                                                            fires(sessions[unseen], t))}
-                                          for t in LIVE_CURVE_THRESHOLDS]}
+                     "live_turns_curve": fires_curve(ctx.turn_truth[unseen], sessions[unseen], LIVE_CURVE_THRESHOLDS)}
     return out
-
-
-LIVE_CURVE_THRESHOLDS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9)
 
 
 def cpu_latency(ctx: V2Context, row: str, res: RowResult) -> dict | None:
