@@ -24,7 +24,9 @@ from homework_monitor.training.metrics import (
     choose_event_threshold,
     cross_fitted,
     event_labels,
+    fires,
     homework_curve,
+    paired_group_bootstrap,
     weighted_binary_metrics,
 )
 from homework_monitor.training.table1 import with_sections
@@ -244,6 +246,23 @@ def test_homework_curve_exact():
     assert curve[0.95]["f1"] == 0.0
 
 
+def test_paired_group_bootstrap_resamples_whole_sessions_for_both_decisions():
+    # 4 sessions of 3 turns; b finds every assignment, a only those of session 0
+    groups = np.repeat(["s0", "s1", "s2", "s3"], 3)
+    truth = np.array([1, 0, 0, 1, 0, 0, 1, 0, 0, 1, 0, 0], bool)
+    a = np.array([1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], bool)
+    b = truth.copy()
+    same = paired_group_bootstrap(truth, a, a, groups, n=200)
+    assert same["precision"] == [0.0, 0.0] and same["recall"] == [0.0, 0.0]
+    d = paired_group_bootstrap(truth, a, b, groups, n=500)
+    assert d["precision"] == [0.0, 0.0]  # both always right where they fire
+    assert 0 < d["recall"][0] <= d["recall"][1] <= 1.0  # b finds more on every resample that holds a positive
+    # Whole sessions move together: a session's turns are never split, so recall takes only quarter steps.
+    # (Per-turn resampling would give other fractions.)
+    assert all(abs(v * 4 - round(v * 4)) < 1e-9 for v in d["recall"])
+    assert paired_group_bootstrap(truth, b, a, groups, n=500)["recall"] == [-d["recall"][1], -d["recall"][0]]
+
+
 # --- the report section ----------------------------------------------------------------------------
 def test_sections_survive_a_rerun_of_the_other_command(tmp_path):
     path = tmp_path / "R.md"
@@ -413,6 +432,17 @@ def test_rows_are_compared_with_the_served_model_on_what_it_never_trained_on(ctx
         assert {k: at[k] for k in same[side]["live_turns"]} == same[side]["live_turns"]
         assert all(a["predicted"] >= b["predicted"] for a, b in zip(curve, curve[1:]))
     assert all(c["predicted"] == 0 for c in quiet["row"]["live_turns_curve"])
+    # The paired difference, resampling sessions: 0 on every resample for a row that fires exactly where the
+    # served model does; against a row that never fires (as its control), recall ahead and precision undefined.
+    target = np.where(fires(ref["sessions"], same["threshold"]), ref["sessions"].argmax(1), CLASSES.index("none"))
+    mirror = RowResult("mirror", item_logits, 1000.0 * np.eye(len(CLASSES))[target], 0.0, "test")
+    m = table1_v2.against_served(ctx, mirror, ref, control=RowResult("quiet", silent, quiet_sessions, 0.0, "test"))
+    assert m["row"]["live_turns"] == m["served"]["live_turns"] and m["served"]["live_turns"]["recall"] > 0
+    assert m["live_turns_difference"]["precision"] == m["live_turns_difference"]["recall"] == [0.0, 0.0]
+    assert m["control"]["row"] == "quiet" and m["control"]["live_turns"] == quiet["row"]["live_turns"]
+    assert m["control"]["live_turns_difference"]["recall"][1] > 0 <= m["control"]["live_turns_difference"]["recall"][0]
+    assert m["control"]["live_turns_difference"]["precision"] is None and "control" not in same
+    assert quiet["live_turns_difference"]["recall"][0] < 0 and quiet["live_turns_difference"]["precision"] is None
 
 
 @pytest.mark.slow
@@ -475,12 +505,16 @@ def test_fine_tuning_can_start_from_a_trained_head(tmp_path):
     assert not torch.equal(fresh.class_head.state_dict()["net.1.weight"], trained.state_dict()["net.1.weight"])
 
 
-def test_the_served_checkpoint_in_history_is_the_served_model(tmp_path):
-    """The start of ``minilm_served_further_v2`` gives the served ONNX model's probabilities."""
+def _skip_without_the_served_checkpoint() -> None:
     blob = table1_v2.SERVED_CHECKPOINT_BLOBS["encoder/model.safetensors"]
     if shutil.which("git") is None or subprocess.run(["git", "cat-file", "-e", blob], cwd=Path(table1_v2.__file__).parent,
                                                      capture_output=True).returncode != 0:
         pytest.skip("no git history here (a shallow clone, an export): the served checkpoint cannot be read")
+
+
+def test_the_served_checkpoint_in_history_is_the_served_model(tmp_path):
+    """The start of ``minilm_served_further_v2`` gives the served ONNX model's probabilities."""
+    _skip_without_the_served_checkpoint()
     from safetensors.torch import load_file
 
     from homework_monitor.runtime import OnnxClassifier
@@ -507,3 +541,47 @@ def test_the_no_context_row_is_the_frozen_row_less_the_context_view(ctx, monkeyp
     monkeypatch.setattr(table1_v2, "row_minilm_frozen_v2", lambda c, views=None: calls.append((c, views)) or "rows")
     assert table1_v2.row_minilm_frozen_v2_no_context(ctx) == "rows"
     assert calls == [(ctx, ("pair", "therapist"))] and ctx.cfg.views == ("pair", "therapist", "context")
+
+
+def test_the_mpnet_frozen_row_reads_mpnet_features_and_is_skipped_without_the_encoder(tmp_path):
+    """The MPNet frozen row is the frozen row on MPNet's own features (cached apart from MiniLM's); where
+    the encoder folder is missing it is skipped with the command that assembles it, and nothing is cached."""
+    mpnet = _tiny_mpnet(tmp_path / "mpnet")
+    build = lambda path: table1_v2.build_v2_context(  # noqa: E731
+        table1_v2.CONFIGS["smoke"], FIXTURES / "data", FIXTURES / "labels", "cpu", tmp_path / "work",
+        tmp_path / "results", mpnet_path=path)
+    with pytest.raises(table1_v2.RowSkipped, match="base_encoders mpnet"):
+        table1_v2.row_mpnet_frozen_v2(build(tmp_path / "absent"))
+    assert not (tmp_path / "work" / "features").exists()
+    ctx = build(mpnet)
+    items, sess, notes, review = table1_v2.row_mpnet_frozen_v2(ctx)
+    assert notes["encoders"] == ["mpnet"] and notes["views"] == ("pair", "therapist") and items.shape == (len(ctx.real), 5) and review.shape == (len(ctx.real),)
+    assert sess.shape[1] == 5 and np.isfinite(items).all()
+    widths = {np.load(f, mmap_mode="r").shape[1] for f in (tmp_path / "work" / "features").glob("*.npy")}
+    assert widths == {64}  # the tiny MPNet's hidden size, per view: MiniLM's 384 never entered
+    assert len(list((tmp_path / "work" / "features").glob("*.npy"))) == 6  # 2 views x labelled, negatives, sessions
+    assert table1_v2.ENCODER_OF["mpnet_frozen_v2"] == "mpnet" and "mpnet_frozen_v2" in table1_v2.CPU_ROWS
+
+
+def test_the_served_encoder_rows_put_mpnet_beside_the_served_encoder(tmp_path):
+    """The control row is a new head on the served encoder's features; the MPNet row reads the same features
+    (computed once) with MPNet's beside them; a row over two encoders costs the sum of their latencies."""
+    _skip_without_the_served_checkpoint()
+    ctx = table1_v2.build_v2_context(table1_v2.CONFIGS["smoke"], FIXTURES / "data", FIXTURES / "labels", "cpu",
+                                     tmp_path / "work", tmp_path / "results", mpnet_path=_tiny_mpnet(tmp_path / "mpnet"))
+    control = table1_v2.row_served_encoder_head_v2(ctx)
+    both = table1_v2.row_served_encoder_mpnet_head_v2(ctx)
+    assert control[2]["encoders"] == ["served"] and both[2]["encoders"] == ["served", "mpnet"]
+    assert control[0].shape == both[0].shape == (len(ctx.real), 5) and not np.allclose(control[0], both[0])
+    widths = sorted(np.load(f, mmap_mode="r").shape[1] for f in (tmp_path / "work" / "features").glob("*.npy"))
+    assert widths == [64] * 6 + [384] * 6  # 2 views x 3 sets per encoder: the served ones once for both rows
+    assert set(table1_v2.STARTS_FROM_SERVED) >= {"served_encoder_head_v2", "served_encoder_mpnet_head_v2"}
+    with pytest.raises(ValueError, match="unknown encoder"):
+        table1_v2.frozen_encoders_cv(ctx, ("roberta",), table1_v2.FT_VIEWS)
+
+    ctx.results_dir.mkdir(parents=True, exist_ok=True)
+    (ctx.results_dir / "latency_cpu.json").write_text(json.dumps(
+        {"minilm:pair,therapist": {"ms": 20.0, "how": "measured"}, "mpnet:pair,therapist": {"ms": 80.5, "how": "measured"}}))
+    res = table1_v2.RowResult("served_encoder_mpnet_head_v2", both[0], both[1], 1.0, "cpu", both[2])
+    assert table1_v2.cpu_latency(ctx, "served_encoder_mpnet_head_v2", res)["ms"] == 100.5
+    assert table1_v2.cpu_latency(ctx, "served_encoder_head_v2", res)["ms"] == 20.0

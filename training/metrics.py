@@ -149,6 +149,30 @@ def fires_curve(truth: np.ndarray, probs: np.ndarray, thresholds: Sequence[float
     return [{"threshold": float(t), **binary_metrics(truth, fires(probs, t))} for t in thresholds]
 
 
+def paired_group_bootstrap(truth: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, groups: np.ndarray,
+                           n: int = 2000, seed: int = 0, level: float = 0.90) -> dict[str, list[float]]:
+    """Intervals for the difference b − a in precision and recall of two yes/no decisions on the same
+    items, resampling whole groups (sessions) with replacement: the turns of one session are not
+    independent, and both decisions see the same resample (paired). Resamples where either decision
+    predicts nothing leave precision out (None where that is every resample)."""
+    truth, a, b = np.asarray(truth, bool), np.asarray(pred_a, bool), np.asarray(pred_b, bool)
+    _, g = np.unique(groups, return_inverse=True)
+    per_group = np.stack([np.bincount(g, weights=x.astype(float), minlength=g.max() + 1)
+                          for x in (truth, a, truth & a, b, truth & b)])  # [5, groups]
+    rng = np.random.default_rng(seed)
+    counts = np.stack([np.bincount(rng.integers(0, per_group.shape[1], per_group.shape[1]),
+                                   minlength=per_group.shape[1]) for _ in range(n)])  # [n, groups]
+    pos, fired_a, tp_a, fired_b, tp_b = (counts @ per_group.T).T  # each a sum per resample
+    with np.errstate(invalid="ignore", divide="ignore"):
+        d_precision = tp_b / fired_b - tp_a / fired_a
+        d_recall = tp_b / pos - tp_a / pos
+    lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
+
+    def interval(d: np.ndarray) -> list[float] | None:  # None: undefined on every resample (never fires)
+        return [float(v) for v in np.nanpercentile(d, [lo, hi])] if np.isfinite(d).any() else None
+    return {"precision": interval(d_precision), "recall": interval(d_recall), "resamples": n, "level": level}
+
+
 def homework_curve(probs: np.ndarray, y: np.ndarray, grid: np.ndarray = THRESHOLD_GRID) -> list[dict]:
     """Homework-vs-none precision/recall/F1 at each single event threshold."""
     return [{k: v for k, v in point.items() if k in ("threshold", "precision", "recall", "f1")}

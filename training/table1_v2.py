@@ -32,10 +32,14 @@ outside fold k only, so neither fold k's labels nor its text reach the student. 
 (``--export-student``) learns from all labelled items and all units, soft-labelled by the mean of the
 five fold teachers (no teacher is trained on all data: that would cost another full teacher run).
 
-Two CPU rows answer questions rather than compete: ``minilm_served_further_v2`` continues the served
-model itself (its checkpoint from git history, ``served_checkpoint``) and, since that start trained on
-real_dev, is scored only against the served model on what neither saw; ``minilm_frozen_v2_no_context``
-is the frozen row without the context view (does the context the input carries help?).
+Some CPU rows answer questions rather than compete. ``minilm_served_further_v2`` continues the served
+model itself (its checkpoint from git history, ``served_checkpoint``); ``served_encoder_head_v2`` and
+``served_encoder_mpnet_head_v2`` train only a new head, on the served model's frozen encoder alone and
+with frozen MPNet beside it (does the stronger encoder add what the fine-tuned one lacks?). Their encoder
+trained on real_dev, so they are scored only against the served model on what neither saw.
+``minilm_frozen_v2_no_context`` is the frozen row without the context view (does the context the input
+carries help?); ``mpnet_frozen_v2`` the frozen row on MPNet, over the served views (about 40 minutes of
+features on 2 cores, cached under ``--work-dir``).
 """
 from __future__ import annotations
 
@@ -87,6 +91,7 @@ from .metrics import (
     fires_curve,
     homework_curve,
     item_scores,
+    paired_group_bootstrap,
 )
 from .metrics import fmt3 as _f
 from .metrics import fmt_prf as _prf
@@ -105,21 +110,26 @@ from .table1 import (
     with_sections,
 )
 
-ROWS = ("tfidf_lr_v2", "minilm_frozen_v2", "minilm_frozen_v2_no_context", "minilm_finetuned_v2_pair",
-        "minilm_served_further_v2", "minilm_finetuned_v2", "minilm_finetuned_v2_ctx", "mpnet_finetuned_v2",
+ROWS = ("tfidf_lr_v2", "minilm_frozen_v2", "minilm_frozen_v2_no_context", "mpnet_frozen_v2",
+        "minilm_finetuned_v2_pair", "minilm_served_further_v2", "served_encoder_head_v2", "served_encoder_mpnet_head_v2", "minilm_finetuned_v2", "minilm_finetuned_v2_ctx", "mpnet_finetuned_v2",
         "minilm_student_v2")
-CPU_ROWS = ("tfidf_lr_v2", "minilm_frozen_v2", "minilm_frozen_v2_no_context", "minilm_finetuned_v2_pair",
-            "minilm_served_further_v2")
+CPU_ROWS = ("tfidf_lr_v2", "minilm_frozen_v2", "minilm_frozen_v2_no_context", "mpnet_frozen_v2",
+            "minilm_finetuned_v2_pair", "minilm_served_further_v2", "served_encoder_head_v2", "served_encoder_mpnet_head_v2")
 # Rows that start from the served model, which trained on every real_dev item: their pooled figures hold
 # those items in their folds without holding them out of the start point, so they are judged only on what
 # the served model never saw ("Against the served model"), and never chosen as the best row.
-STARTS_FROM_SERVED = ("minilm_served_further_v2",)
+STARTS_FROM_SERVED = ("minilm_served_further_v2", "served_encoder_head_v2", "served_encoder_mpnet_head_v2")
+# A row that adds one thing to another: the report also gives their difference, paired, on the same sessions.
+CONTROL_OF = {"served_encoder_mpnet_head_v2": "served_encoder_head_v2"}
 ROW_TITLES = {
     "tfidf_lr_v2": "TF-IDF + LR",
     "minilm_frozen_v2": "MiniLM frozen + joint head",
     "minilm_frozen_v2_no_context": "MiniLM frozen + joint head, without the context view",
+    "mpnet_frozen_v2": "MPNet (all-mpnet-base-v2) frozen + joint head, without the context view",
     "minilm_finetuned_v2_pair": "MiniLM fine-tuned + review output, pair view only (one encoder pass)",
     "minilm_served_further_v2": "Served model fine-tuned further on every label + review output (1 epoch)",
+    "served_encoder_head_v2": "Served encoder (frozen) + a new joint head on every label",
+    "served_encoder_mpnet_head_v2": "Served encoder + MPNet (both frozen) + a new joint head on every label",
     "minilm_finetuned_v2": "MiniLM fine-tuned + review output",
     "minilm_finetuned_v2_ctx": "MiniLM fine-tuned + review output + context view",
     "mpnet_finetuned_v2": "MPNet (all-mpnet-base-v2) fine-tuned + review output",
@@ -260,15 +270,20 @@ def row_tfidf_lr_v2(ctx: V2Context):
                          "cpu_ms_per_microdialogue": round(ms, 3), "latency_how": f"one batch of {len(sample)}"}
 
 
-def row_minilm_frozen_v2(ctx: V2Context, views: tuple[str, ...] | None = None):
-    """Frozen MiniLM (mean pooling, pair/therapist/context views) + the joint head, per fold."""
-    enc = Encoder(base_encoder_path(), "mean", 128, ctx.device)
-    cache, views = ctx.work_dir / "features", views or ctx.cfg.views
+def frozen_encoders_cv(ctx: V2Context, encoders: Sequence[str], views: tuple[str, ...]):
+    """Frozen encoders (mean pooling over ``views``; several encoders' features side by side) + the joint
+    head, per fold. Encoders: ``minilm`` (the base), ``mpnet``, ``served`` (the served model's fine-tuned
+    encoder: it trained on real_dev, so a row using it is judged against the served model only)."""
+    cache = ctx.work_dir / "features"
     labelled = ctx.real + ctx.data.synthetic
-    X = cached_features(enc, "base-mean", [i.example for i in labelled], views, cache)
-    Xn = cached_features(enc, "base-mean", [i.example for i in ctx.negatives], views, cache)
     sess_ex, sess_folds = ctx.session_examples()
-    Xs = cached_features(enc, "base-mean", sess_ex, views, cache)
+    X, Xn, Xs = [], [], []
+    for name in encoders:
+        enc, tag = _frozen_encoder(ctx, name)
+        X.append(cached_features(enc, tag, [i.example for i in labelled], views, cache))
+        Xn.append(cached_features(enc, tag, [i.example for i in ctx.negatives], views, cache))
+        Xs.append(cached_features(enc, tag, sess_ex, views, cache))
+    X, Xn, Xs = (np.concatenate(b, axis=1) for b in (X, Xn, Xs))
     neg_index = {it.id: j for j, it in enumerate(ctx.negatives)}
     n, folds = len(ctx.real), ctx.item_folds
     y, rev = np.array([i.y for i in labelled]), review_target(labelled)
@@ -285,14 +300,60 @@ def row_minilm_frozen_v2(ctx: V2Context, views: tuple[str, ...] | None = None):
         item_logits[te], review_logits[te] = joint_head_logits(head, X[:n][te])
         if (sess_folds == k).any():
             sess_logits[sess_folds == k] = joint_head_logits(head, Xs[sess_folds == k])[0]
-    return item_logits, sess_logits, {"pooling": "mean", "views": views, "head": asdict(ctx.cfg.head),
+    return item_logits, sess_logits, {"encoders": list(encoders), "pooling": "mean", "views": views,
+                                      "head": asdict(ctx.cfg.head),
                                       "negatives_per_fold": len(ctx.fold_negatives(0))}, review_logits
+
+
+def _frozen_encoder(ctx: V2Context, name: str) -> tuple[Encoder, str]:
+    """The encoder and its feature-cache tag (features of different encoders never share a cache entry)."""
+    if name == "minilm":
+        return Encoder(base_encoder_path(), "mean", 128, ctx.device), "base-mean"
+    if name == "mpnet":
+        return Encoder(_mpnet_folder(ctx), "mean", 128, ctx.device), "mpnet-mean"
+    if name == "served":
+        path = served_checkpoint(ctx.work_dir) / "encoder"
+        return Encoder(path, "mean", 128, ctx.device), f"served-{SERVED_CHECKPOINT_COMMIT[:7]}-mean"
+    raise ValueError(f"unknown encoder {name!r}")
+
+
+def row_minilm_frozen_v2(ctx: V2Context, views: tuple[str, ...] | None = None):
+    """Frozen MiniLM (mean pooling, pair/therapist/context views) + the joint head, per fold."""
+    return frozen_encoders_cv(ctx, ("minilm",), views or ctx.cfg.views)
 
 
 def row_minilm_frozen_v2_no_context(ctx: V2Context):
     """The frozen row without the up-to-3 turns of context: whether the context the input carries helps
     (the same features, folds and head; only the view is left out)."""
     return row_minilm_frozen_v2(ctx, tuple(v for v in ctx.cfg.views if v != "context"))
+
+
+def row_mpnet_frozen_v2(ctx: V2Context):
+    """The frozen row on MPNet: whether the stronger encoder helps, measured on CPU with the same folds and
+    head over the served model's two views, so it compares with the MiniLM row without the context view
+    (MPNet's features take ~40 min on 2 cores, cached under ``--work-dir``; the fine-tuned MPNet row needs
+    a GPU)."""
+    return frozen_encoders_cv(ctx, ("mpnet",), FT_VIEWS)
+
+
+def row_served_encoder_head_v2(ctx: V2Context):
+    """A new joint head on the served model's own encoder (frozen, its two views), trained on every label:
+    the v2 head's idea in these folds, and the control for the row that adds MPNet beside it."""
+    return frozen_encoders_cv(ctx, ("served",), FT_VIEWS)
+
+
+def row_served_encoder_mpnet_head_v2(ctx: V2Context):
+    """The served model's encoder and MPNet side by side (both frozen, two views each) under one joint head:
+    whether MPNet adds what the fine-tuned MiniLM lacks. A head is all it trains, so a CPU can fit it; the
+    GPU config could serve both encoders."""
+    return frozen_encoders_cv(ctx, ("served", "mpnet"), FT_VIEWS)
+
+
+def _mpnet_folder(ctx: V2Context) -> Path:
+    if ctx.mpnet_path is None or not (ctx.mpnet_path / "config.json").exists():
+        raise RowSkipped(f"no MPNet encoder folder at {ctx.mpnet_path} (--mpnet, or "
+                         "`python -m homework_monitor.training.base_encoders mpnet`)")
+    return ctx.mpnet_path
 
 
 def _units(ctx: V2Context):
@@ -415,9 +476,7 @@ def row_minilm_finetuned_v2_ctx(ctx: V2Context):
 
 
 def row_mpnet_finetuned_v2(ctx: V2Context):
-    if ctx.mpnet_path is None or not (ctx.mpnet_path / "config.json").exists():
-        raise RowSkipped(f"no MPNet encoder folder at {ctx.mpnet_path} (--mpnet)")
-    return finetuned_cv(ctx, "mpnet_finetuned_v2", ctx.mpnet_path, FT_VIEWS, ctx.v2.ft_mpnet,
+    return finetuned_cv(ctx, "mpnet_finetuned_v2", _mpnet_folder(ctx), FT_VIEWS, ctx.v2.ft_mpnet,
                         score_units="mpnet_finetuned_v2" in ctx.v2.teacher_rows)
 
 
@@ -448,13 +507,17 @@ def row_minilm_student_v2(ctx: V2Context):
 
 
 ROW_FUNCS = {"tfidf_lr_v2": row_tfidf_lr_v2, "minilm_frozen_v2": row_minilm_frozen_v2,
-             "minilm_frozen_v2_no_context": row_minilm_frozen_v2_no_context,
+             "minilm_frozen_v2_no_context": row_minilm_frozen_v2_no_context, "mpnet_frozen_v2": row_mpnet_frozen_v2,
              "minilm_finetuned_v2_pair": row_minilm_finetuned_v2_pair, "minilm_served_further_v2": row_minilm_served_further_v2,
+             "served_encoder_head_v2": row_served_encoder_head_v2,
+             "served_encoder_mpnet_head_v2": row_served_encoder_mpnet_head_v2,
              "minilm_finetuned_v2": row_minilm_finetuned_v2, "minilm_finetuned_v2_ctx": row_minilm_finetuned_v2_ctx,
              "mpnet_finetuned_v2": row_mpnet_finetuned_v2, "minilm_student_v2": row_minilm_student_v2}
-COMPARED_ROWS = ("minilm_finetuned_v2_pair", "minilm_served_further_v2", "minilm_finetuned_v2", "minilm_finetuned_v2_ctx", "mpnet_finetuned_v2",
+COMPARED_ROWS = ("minilm_finetuned_v2_pair", "minilm_served_further_v2", "served_encoder_head_v2",
+                 "served_encoder_mpnet_head_v2", "minilm_finetuned_v2", "minilm_finetuned_v2_ctx", "mpnet_finetuned_v2",
                  "minilm_student_v2")  # fine-tuned rows: candidates to replace the served model
-ENCODER_OF = {"minilm_frozen_v2": "minilm", "minilm_frozen_v2_no_context": "minilm", "minilm_finetuned_v2_pair": "minilm", "minilm_served_further_v2": "minilm",
+ENCODER_OF: dict[str, str | tuple[str, ...]] = {"minilm_frozen_v2": "minilm", "minilm_frozen_v2_no_context": "minilm", "mpnet_frozen_v2": "mpnet", "minilm_finetuned_v2_pair": "minilm", "minilm_served_further_v2": "minilm",
+              "served_encoder_head_v2": "minilm", "served_encoder_mpnet_head_v2": ("minilm", "mpnet"),
               "minilm_finetuned_v2": "minilm", "minilm_finetuned_v2_ctx": "minilm",
               "mpnet_finetuned_v2": "mpnet", "minilm_student_v2": "minilm"}
 
@@ -581,11 +644,12 @@ def served_reference(ctx: V2Context, artifact: Path) -> dict:
 LIVE_CURVE_THRESHOLDS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9)
 
 
-def against_served(ctx: V2Context, res: RowResult, ref: dict) -> dict:
+def against_served(ctx: V2Context, res: RowResult, ref: dict, control: RowResult | None = None) -> dict:
     """A row's out-of-fold figures beside the served model's, on what the served model never trained on:
     the scored items outside real_dev, and the sessions_dev sessions none of whose items are in real_dev.
     Live turns: every therapist turn of those sessions, an event where the served rule fires (p ≥ the
-    event threshold), right where the session's annotators marked the turn as assigning homework."""
+    event threshold), right where the session's annotators marked the turn as assigning homework.
+    ``control``: a row this one extends (``CONTROL_OF``); its live turns are compared with this row's too."""
     assert ctx.turn_truth is not None
     threshold = SERVED_EVENT_THRESHOLD
     y_all = np.array([i.y for i in ctx.real])
@@ -595,31 +659,49 @@ def against_served(ctx: V2Context, res: RowResult, ref: dict) -> dict:
     seen = {i.session_id for i in ctx.real if i.id in ctx.real_dev_ids}
     sub, unseen = ctx.sessions_only(set(ctx.truth) - seen)
     out = {"n_items": int(keep.sum()), "n_sessions": len(sub.truth), "threshold": threshold}
+    live = {}
     for name, items, sessions in (("served", ref["item_probs"], ref["sessions"]),
                                   ("row", softmax(res.item_logits, T)[keep], softmax(res.session_logits, T))):
+        live[name] = fires(sessions[unseen], threshold)
         out[name] = {**item_scores(y, items, clin, threshold),
                      "session": session_level(sub, sessions[unseen], threshold),
                      "live_turns": binary_metrics(ctx.turn_truth[unseen], fires(sessions[unseen], threshold)),
                      # models fire at different rates: compare live precision at equal recall, not equal threshold
                      "live_turns_curve": fires_curve(ctx.turn_truth[unseen], sessions[unseen], LIVE_CURVE_THRESHOLDS)}
+    # A few turns or sessions separate the rows here: how sure is the difference in live turns?
+    session_of = np.array([state.session_id for state, mds in ctx.sessions for _ in mds])[unseen]
+    out["live_turns_difference"] = paired_group_bootstrap(ctx.turn_truth[unseen], live["served"], live["row"],
+                                                          session_of)
+    if control is not None:
+        control_fires = fires(softmax(control.session_logits, fit_temperature(control.item_logits, y_all))[unseen],
+                              threshold)
+        out["control"] = {"row": control.name,
+                          "live_turns": binary_metrics(ctx.turn_truth[unseen], control_fires),
+                          "live_turns_difference": paired_group_bootstrap(ctx.turn_truth[unseen], control_fires,
+                                                                          live["row"], session_of)}
     return out
 
 
 def cpu_latency(ctx: V2Context, row: str, res: RowResult) -> dict | None:
     """CPU cost per microdialogue of the row's architecture (encoder + views + head; the weights do not
     change it): torch fp32 on this machine, batches of 32 over 128 real items, after one warm-up; the
-    best of 3 runs (the machine is shared: the minimum is the least disturbed).
-    Cached in ``latency_cpu.json``; None where the encoder is not here (MPNet without its folder)."""
+    best of 3 runs (the machine is shared: the minimum is the least disturbed). A row over several
+    encoders costs their sum. Cached in ``latency_cpu.json`` per encoder and views; None where an encoder
+    is not here (MPNet without its folder)."""
     if "cpu_ms_per_microdialogue" in res.notes:
         return {"ms": res.notes["cpu_ms_per_microdialogue"], "how": res.notes.get("latency_how", "")}
     if row not in ENCODER_OF:
         return None
+    kind = ENCODER_OF[row]
+    encoders = kind if isinstance(kind, tuple) else (kind,)
+    views = tuple(res.notes.get("views") or FT_VIEWS)
     path = ctx.results_dir / "latency_cpu.json"
     cache = json.loads(path.read_text()) if path.exists() else {}
-    views = tuple(res.notes.get("views") or FT_VIEWS)
-    key = f"{ENCODER_OF[row]}:{','.join(views)}"
-    if key not in cache:
-        enc_path = base_encoder_path() if ENCODER_OF[row] == "minilm" else ctx.mpnet_path
+    keys = [f"{encoder}:{','.join(views)}" for encoder in encoders]
+    for encoder, key in zip(encoders, keys):
+        if key in cache:
+            continue
+        enc_path = base_encoder_path() if encoder == "minilm" else ctx.mpnet_path
         if enc_path is None or not (Path(enc_path) / "config.json").exists():
             return None
         import torch
@@ -638,7 +720,10 @@ def cpu_latency(ctx: V2Context, row: str, res: RowResult) -> dict | None:
                              f"microdialogues, {platform.node() or 'host'}"}
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(cache, indent=2) + "\n")
-    return cache[key]
+    if len(keys) == 1:
+        return cache[keys[0]]
+    return {"ms": round(sum(cache[k]["ms"] for k in keys), 2),
+            "how": " + ".join(f"{k} {cache[k]['ms']} ms" for k in keys) + f" ({cache[keys[0]]['how']})"}
 
 
 # ----------------------------------------------------------------------------------------- report
@@ -673,7 +758,31 @@ def _render_against_served(compared: dict[str, dict]) -> list[str]:
         return f"| {title} | " + " | ".join(f"{_f(c['precision'])} / {_f(c['recall'])}" for c in m["live_turns_curve"]) + " |"
     lines.append(curve("served model", first["served"]))
     lines += [curve(ROW_TITLES[name], c["row"]) for name, c in compared.items()]
+    diffs = {name: c["live_turns_difference"] for name, c in compared.items() if "live_turns_difference" in c}
+    if diffs:
+        d0 = next(iter(diffs.values()))
+        lines += ["", f"Live turns at p ≥ {first['threshold']}, each row minus the served model, with a "
+                  f"{d0['level']:.0%} interval from {d0['resamples']:,} resamples of the {first['n_sessions']} "
+                  "sessions (paired: both models on the same resample; a session's turns move together). An "
+                  "interval that holds 0 is a difference these sessions cannot tell from chance:", "",
+                  "| model | precision difference | its interval | recall difference | its interval |",
+                  "|---|---|---|---|---|"]
+        for name, c in compared.items():
+            if "live_turns_difference" in c:
+                lines.append(_difference_line(ROW_TITLES[name], c["row"]["live_turns"], first["served"]["live_turns"],
+                                              c["live_turns_difference"]))
+        for name, c in compared.items():
+            if "control" in c:
+                lines.append(_difference_line(f"{ROW_TITLES[name]}, minus {ROW_TITLES[c['control']['row']]}",
+                                              c["row"]["live_turns"], c["control"]["live_turns"],
+                                              c["control"]["live_turns_difference"]))
     return lines
+
+
+def _difference_line(title: str, row: dict, base: dict, d: dict) -> str:
+    def cell(k: str) -> str:
+        return f"{row[k] - base[k]:+.3f} | " + (f"{d[k][0]:+.3f} to {d[k][1]:+.3f}" if d[k] is not None else "—")
+    return f"| {title} | {cell('precision')} | {cell('recall')} |"
 
 
 def render_v2(ctx: V2Context, results: dict[str, dict], missing: dict[str, str | None], command: str,
@@ -714,8 +823,8 @@ def render_v2(ctx: V2Context, results: dict[str, dict], missing: dict[str, str |
         rv = r.get("review")
         lat = r.get("latency")
         if name in STARTS_FROM_SERVED:
-            lines.append(f"| {ROW_TITLES[name]} | not scored here: its start, the served model, trained on the "
-                         "real_dev items in these folds; see *Against the served model* |" + " |" * 13
+            lines.append(f"| {ROW_TITLES[name]} | not scored here: it starts from the served model's encoder, which "
+                         "trained on the real_dev items in these folds; see *Against the served model* |" + " |" * 13
                          + f" {lat['ms'] if lat else '—'} | {r['where']} |")
             continue
         lines.append(
@@ -848,7 +957,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     for name, res in computed.items():
         results[name] = evaluate_v2(ctx, res) | {"latency": cpu_latency(ctx, name, res)}
         if ref is not None and name in COMPARED_ROWS:
-            results[name]["against_served"] = against_served(ctx, res, ref) | {"served_version": ref["version"]}
+            results[name]["against_served"] = against_served(ctx, res, ref, computed.get(CONTROL_OF.get(name, ""))) | {
+                "served_version": ref["version"]}
         print(f"[table1_v2] {name}: macro-F1 {results[name]['pooled']['macro_f1']:.3f} "
               f"hw-F1 {results[name]['pooled']['homework_f1']:.3f} "
               f"clinical hw-F1 {results[name]['clinical']['homework_f1']:.3f}", file=sys.stderr, flush=True)
