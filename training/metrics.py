@@ -150,7 +150,7 @@ def fires_curve(truth: np.ndarray, probs: np.ndarray, thresholds: Sequence[float
 
 
 def paired_group_bootstrap(truth: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, groups: np.ndarray,
-                           n: int = 2000, seed: int = 0, level: float = 0.90) -> dict[str, list[float]]:
+                           n: int = 2000, seed: int = 0, level: float = 0.90) -> dict:
     """Intervals for the difference b − a in precision and recall of two yes/no decisions on the same
     items, resampling whole groups (sessions) with replacement: the turns of one session are not
     independent, and both decisions see the same resample (paired). Resamples where either decision

@@ -111,10 +111,11 @@ from .table1 import (
 )
 
 ROWS = ("tfidf_lr_v2", "minilm_frozen_v2", "minilm_frozen_v2_no_context", "mpnet_frozen_v2",
-        "minilm_finetuned_v2_pair", "minilm_served_further_v2", "served_encoder_head_v2", "served_encoder_mpnet_head_v2", "minilm_finetuned_v2", "minilm_finetuned_v2_ctx", "mpnet_finetuned_v2",
-        "minilm_student_v2")
+        "minilm_finetuned_v2_pair", "minilm_served_further_v2", "served_encoder_head_v2", "served_encoder_mpnet_head_v2",
+        "minilm_finetuned_v2", "minilm_finetuned_v2_ctx", "mpnet_finetuned_v2", "minilm_student_v2")
 CPU_ROWS = ("tfidf_lr_v2", "minilm_frozen_v2", "minilm_frozen_v2_no_context", "mpnet_frozen_v2",
-            "minilm_finetuned_v2_pair", "minilm_served_further_v2", "served_encoder_head_v2", "served_encoder_mpnet_head_v2")
+            "minilm_finetuned_v2_pair", "minilm_served_further_v2", "served_encoder_head_v2",
+            "served_encoder_mpnet_head_v2")
 # Rows that start from the served model, which trained on every real_dev item: their pooled figures hold
 # those items in their folds without holding them out of the start point, so they are judged only on what
 # the served model never saw ("Against the served model"), and never chosen as the best row.
@@ -515,7 +516,7 @@ ROW_FUNCS = {"tfidf_lr_v2": row_tfidf_lr_v2, "minilm_frozen_v2": row_minilm_froz
              "mpnet_finetuned_v2": row_mpnet_finetuned_v2, "minilm_student_v2": row_minilm_student_v2}
 COMPARED_ROWS = ("minilm_finetuned_v2_pair", "minilm_served_further_v2", "served_encoder_head_v2",
                  "served_encoder_mpnet_head_v2", "minilm_finetuned_v2", "minilm_finetuned_v2_ctx", "mpnet_finetuned_v2",
-                 "minilm_student_v2")  # fine-tuned rows: candidates to replace the served model
+                 "minilm_student_v2")  # candidates to replace the served model, or rows that start from it
 ENCODER_OF: dict[str, str | tuple[str, ...]] = {"minilm_frozen_v2": "minilm", "minilm_frozen_v2_no_context": "minilm", "mpnet_frozen_v2": "mpnet", "minilm_finetuned_v2_pair": "minilm", "minilm_served_further_v2": "minilm",
               "served_encoder_head_v2": "minilm", "served_encoder_mpnet_head_v2": ("minilm", "mpnet"),
               "minilm_finetuned_v2": "minilm", "minilm_finetuned_v2_ctx": "minilm",
@@ -665,7 +666,7 @@ def against_served(ctx: V2Context, res: RowResult, ref: dict, control: RowResult
         live[name] = fires(sessions[unseen], threshold)
         out[name] = {**item_scores(y, items, clin, threshold),
                      "session": session_level(sub, sessions[unseen], threshold),
-                     "live_turns": binary_metrics(ctx.turn_truth[unseen], fires(sessions[unseen], threshold)),
+                     "live_turns": binary_metrics(ctx.turn_truth[unseen], live[name]),
                      # models fire at different rates: compare live precision at equal recall, not equal threshold
                      "live_turns_curve": fires_curve(ctx.turn_truth[unseen], sessions[unseen], LIVE_CURVE_THRESHOLDS)}
     # A few turns or sessions separate the rows here: how sure is the difference in live turns?
