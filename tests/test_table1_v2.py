@@ -585,3 +585,14 @@ def test_the_served_encoder_rows_put_mpnet_beside_the_served_encoder(tmp_path):
     res = table1_v2.RowResult("served_encoder_mpnet_head_v2", both[0], both[1], 1.0, "cpu", both[2])
     assert table1_v2.cpu_latency(ctx, "served_encoder_mpnet_head_v2", res)["ms"] == 100.5
     assert table1_v2.cpu_latency(ctx, "served_encoder_head_v2", res)["ms"] == 20.0
+
+
+def test_head_seed_goes_to_a_results_dir_of_its_own(tmp_path):
+    args = ["--config", "smoke", "--data-dir", str(FIXTURES / "data"), "--labels-dir", str(FIXTURES / "labels"),
+            "--work-dir", str(tmp_path / "work"), "--output", str(tmp_path / "R.md"), "--rows", "minilm_frozen_v2",
+            "--no-report", "--head-seed", "5"]
+    with pytest.raises(SystemExit, match="--results-dir"):
+        table1_v2.main(args)  # the committed rows' folder: refused, nothing computed
+    assert not (tmp_path / "work").exists()
+    table1_v2.main([*args, "--results-dir", str(tmp_path / "s5")])
+    assert json.loads((tmp_path / "s5" / "minilm_frozen_v2.json").read_text())["notes"]["head"]["seed"] == 5
