@@ -138,6 +138,7 @@ ROW_TITLES = {
 }
 SERVED_EVENT_THRESHOLD: float = Settings.model_fields["event_threshold"].default  # HWM_EVENT_THRESHOLD
 FT_VIEWS = ("pair", "therapist")  # the served views; the _ctx row adds "context"
+RESULTS_DIR = Path("training") / "results_v2"  # the committed rows
 
 
 @dataclass(frozen=True)
@@ -179,7 +180,7 @@ class RowSkipped(RuntimeError):
 @dataclass
 class V2Context(Context):
     negatives: list[LabeledItem] = field(default_factory=list)
-    results_dir: Path = Path("training") / "results_v2"
+    results_dir: Path = RESULTS_DIR
     deadline: float | None = None  # time.time() by which a row must be done
     mpnet_path: Path | None = None
     real_dev_ids: frozenset[str] = frozenset()  # what the served (v1) model trained on, with synthetic
@@ -779,7 +780,7 @@ def _render_against_served(compared: dict[str, dict]) -> list[str]:
                                               c["control"]["live_turns_difference"]))
         if any("control" in c for c in compared.values()):
             lines += ["", "The interval covers which sessions were drawn, not the head's seed: the frozen-encoder "
-                      "rows train one head (`--head-seed`, default 13), and another seed can move their live "
+                      f"rows train one head (`--head-seed`, default {HeadConfig().seed}), and another seed can move their live "
                       "precision by as much (the model card's \"A stronger encoder\" gives seeds 14 and 15)."]
     return lines
 
@@ -907,7 +908,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--labels-dir", type=Path, default=ADDED_LABELS_DIR)
     p.add_argument("--rows", default=",".join(CPU_ROWS))
     p.add_argument("--device", default="cpu")
-    p.add_argument("--results-dir", type=Path, default=Path("training") / "results_v2")
+    p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     p.add_argument("--work-dir", type=Path, default=Path("var") / "table1_v2")
     p.add_argument("--output", type=Path, default=Path("training") / "RESULTS.md")
     p.add_argument("--mpnet", type=Path, default=None, help="MPNet encoder folder (default: HWM_MPNET_ENCODER "
@@ -927,7 +928,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     a = p.parse_args(argv)
     cfg = CONFIGS[a.config]
     if a.head_seed is not None:
-        if a.results_dir == Path("training") / "results_v2":
+        if a.results_dir == RESULTS_DIR:
             raise SystemExit("--head-seed gives rows other than the committed ones: give them a --results-dir")
         cfg = replace(cfg, head=replace(cfg.head, seed=a.head_seed))
     deadline = time.time() + a.deadline_s if a.deadline_s is not None else None
